@@ -1,0 +1,3 @@
+from medge.main import main
+
+main()

@@ -1,0 +1,315 @@
+"""The one preprocessing implementation shared by training, conversion and the device.
+
+Every image, whatever it came from (a MedMNIST array, a JPEG from a scanner export folder,
+a 16-bit PNG, DICOM pixel data), goes through two steps:
+
+1. `decode_image` turns the file into canonical *display pixels*: uint8, RGB channel order,
+   shape (H, W) for grayscale or (H, W, 3) for colour, one array per frame. 16-bit data and
+   DICOM are windowed into 8 bits here, so the model always sees what a radiologist's
+   display would show.
+2. `preprocess` turns display pixels into the model input described by a `PreprocessSpec`:
+   colour mode, resize, normalisation, float32 (H, W, C).
+
+The spec is saved with the trained model and inside every bundle, so the device reproduces
+training's input bit for bit (same code, same OpenCV).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import InputError
+
+SPEC_VERSION = 1
+
+INTERPOLATIONS = {
+    "area": cv2.INTER_AREA,
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+    "nearest": cv2.INTER_NEAREST,
+}
+
+# Per-channel mean/std in the 0..1 range, for backbones pretrained on ImageNet.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATIONS = ("unit", "symmetric", "imagenet", "raw")
+
+# A chest X-ray is at most ~4k x 4k; anything far beyond is refused before decoding so a
+# crafted file cannot exhaust a Raspberry Pi's memory.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How display pixels become model input. Serialised into metrics.json and medge.json."""
+
+    height: int = 28
+    width: int = 28
+    channels: int = 1
+    interpolation: str = "area"
+    normalization: str = "unit"
+    version: int = SPEC_VERSION
+
+    def __post_init__(self):
+        if self.channels not in (1, 3):
+            raise InputError(f"preprocessing: channels must be 1 or 3, not {self.channels}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise InputError(f"preprocessing: unknown interpolation {self.interpolation!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise InputError(f"preprocessing: unknown normalization {self.normalization!r}")
+        if self.height < 8 or self.width < 8:
+            raise InputError(f"preprocessing: input size {self.height}x{self.width} is too small")
+        if self.version != SPEC_VERSION:
+            raise InputError(f"preprocessing: spec version {self.version} is not supported (expected {SPEC_VERSION})")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PreprocessSpec":
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+@dataclass
+class DecodedImage:
+    """Display pixels of one input (one array per frame) and the non-identifying facts about it."""
+
+    frames: list[np.ndarray]
+    kind: str  # "image" or "dicom"
+    # Only technical DICOM attributes are ever copied here: never a patient tag.
+    modality: str | None = None
+    body_part: str | None = None
+    sop_instance_uid: str | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        return self.frames[0]
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_image(source: str | Path | bytes, name: str | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode a file (path or bytes) into display pixels. Raises InputError naming the file."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        name = name or str(path)
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise InputError(f"{name}: cannot read file ({error.strerror or error})") from None
+    else:
+        data = bytes(source)
+        name = name or "<bytes>"
+    if not data:
+        raise InputError(f"{name}: empty file (0 bytes)")
+    if is_dicom(data, name):
+        return decode_dicom_bytes(data, name, max_pixels=max_pixels)
+    return DecodedImage(frames=[_decode_raster(data, name, max_pixels)], kind="image")
+
+
+def is_dicom(data: bytes, name: str = "") -> bool:
+    return data[128:132] == b"DICM" or name.lower().endswith(DICOM_SUFFIXES)
+
+
+def _decode_raster(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    size = raster_dimensions(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise InputError(
+            f"{name}: image is {size[0]}x{size[1]} pixels, over the limit of {max_pixels} (refused before decoding)")
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    # ANYDEPTH keeps 16-bit data; ANYCOLOR keeps grayscale as grayscale; EXIF orientation is
+    # applied (OpenCV does so unless IMREAD_IGNORE_ORIENTATION is given).
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    except cv2.error as error:
+        raise InputError(f"{name}: not a readable image ({str(error).strip().splitlines()[-1]})") from None
+    if image is None:
+        raise InputError(f"{name}: not a readable image (corrupt, truncated or unsupported format)")
+    return to_display_pixels(image, name, bgr=True)
+
+
+def to_display_pixels(image: np.ndarray, name: str = "<array>", bgr: bool = False) -> np.ndarray:
+    """Any 8/16-bit/float grayscale, RGB or RGBA array -> uint8 (H, W) or (H, W, 3) RGB."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]  # alpha carries no diagnostic content
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise InputError(f"{name}: unsupported image shape {image.shape}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError(f"{name}: image has no pixels")
+    if image.dtype != np.uint8:
+        image = window_to_uint8(image.astype(np.float32))
+    if image.ndim == 3 and bgr:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(image)
+
+
+def window_to_uint8(values: np.ndarray, center: float | None = None, width: float | None = None) -> np.ndarray:
+    """Linear window into 0..255: the given window, else the data's own min..max."""
+    values = values.astype(np.float32)
+    if center is None or width is None or width <= 1:
+        low, high = float(np.min(values)), float(np.max(values))
+    else:
+        low, high = center - width / 2.0, center + width / 2.0
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (values - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def raster_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header without decoding pixels; None if unknown."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return width, height
+    if data[:2] == b"\xff\xd8":
+        index = 2
+        while index + 9 < len(data):
+            if data[index] != 0xFF:
+                index += 1
+                continue
+            marker = data[index + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+                index += 1 if marker == 0xFF else 2
+                continue
+            length = struct.unpack(">H", data[index + 2:index + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                height, width = struct.unpack(">HH", data[index + 5:index + 9])
+                return width, height
+            index += 2 + length
+    return None
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def decode_dicom_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    try:
+        import pydicom
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        raise InputError(f"{name}: DICOM support is not installed (pip install 'medge[dicom]')") from None
+    import io
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as error:  # pydicom raises many types for corrupt files
+        raise InputError(f"{name}: not a readable DICOM file ({type(error).__name__}: {error})") from None
+    return decode_dicom_dataset(dataset, name, max_pixels=max_pixels)
+
+
+SUPPORTED_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422",
+                         "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
+
+
+def decode_dicom_dataset(dataset, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """pydicom Dataset -> display pixels: modality LUT (rescale), VOI window, MONOCHROME1 inverted."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
+        raise InputError(f"{name}: DICOM has no pixel data")
+    photometric = str(dataset.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in SUPPORTED_PHOTOMETRIC:
+        raise InputError(f"{name}: unsupported photometric interpretation {photometric or '(missing)'!r}")
+    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
+    frame_count = int(dataset.get("NumberOfFrames", 1) or 1)
+    if rows * columns * frame_count > max_pixels:
+        raise InputError(f"{name}: DICOM is {columns}x{rows}x{frame_count} pixels, over the limit of {max_pixels}")
+    try:
+        array = dataset.pixel_array  # pydicom 3 converts YBR to RGB and applies palettes lazily below
+    except Exception as error:
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        detail = f" (transfer syntax {syntax.name})" if syntax is not None else ""
+        raise InputError(f"{name}: cannot decode DICOM pixel data{detail}: {str(error).splitlines()[0]}") from None
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        array = apply_color_lut(array, dataset)
+        samples = 3
+    frames_array = array if (frame_count > 1) else array[np.newaxis, ...]
+    frames = []
+    for frame in frames_array:
+        if samples == 1:
+            values = apply_modality_lut(frame, dataset)
+            has_window = "WindowCenter" in dataset and "WindowWidth" in dataset
+            has_voi_lut = "VOILUTSequence" in dataset
+            if has_window or has_voi_lut:
+                values = apply_voi_lut(values, dataset, prefer_lut=has_voi_lut)
+            display = window_to_uint8(np.asarray(values, dtype=np.float32))
+            if photometric == "MONOCHROME1":
+                display = 255 - display
+        else:
+            display = to_display_pixels(np.asarray(frame), name)
+        frames.append(np.ascontiguousarray(display))
+    return DecodedImage(
+        frames=frames,
+        kind="dicom",
+        modality=_text(dataset.get("Modality")),
+        body_part=_text(dataset.get("BodyPartExamined")),
+        sop_instance_uid=_text(dataset.get("SOPInstanceUID")),
+        info={"photometric": photometric, "frames": len(frames), "rows": rows, "columns": columns},
+    )
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+# --------------------------------------------------------------------------- model input
+
+
+def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Display pixels (uint8, (H, W) or (H, W, 3) RGB) -> float32 (height, width, channels)."""
+    image = to_display_pixels(pixels)
+    if spec.channels == 1 and image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    elif spec.channels == 3 and image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[:2] != (spec.height, spec.width):
+        image = cv2.resize(image, (spec.width, spec.height), interpolation=INTERPOLATIONS[spec.interpolation])
+    if image.ndim == 2:
+        image = image[:, :, np.newaxis]
+    values = image.astype(np.float32)
+    if spec.normalization == "unit":
+        values /= 255.0
+    elif spec.normalization == "symmetric":
+        values = values / 127.5 - 1.0
+    elif spec.normalization == "imagenet":
+        mean = np.asarray(IMAGENET_MEAN[: spec.channels], dtype=np.float32)
+        std = np.asarray(IMAGENET_STD[: spec.channels], dtype=np.float32)
+        values = (values / 255.0 - mean) / std
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def preprocess_batch(images, spec: PreprocessSpec) -> np.ndarray:
+    """Many display images -> float32 (N, height, width, channels)."""
+    out = np.empty((len(images),) + spec.input_shape, dtype=np.float32)
+    for index, image in enumerate(images):
+        out[index] = preprocess(image, spec)
+    return out
+
+
+def load_and_preprocess(source: str | Path | bytes, spec: PreprocessSpec, name: str | None = None,
+                        max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A file straight to model input (first frame). Used by predict and by training on image trees."""
+    return preprocess(decode_image(source, name=name, max_pixels=max_pixels).pixels, spec)

@@ -1,0 +1,52 @@
+"""The interface every input source implements (folder watch, DICOM receiver, camera).
+
+A source finds inputs and hands them to the daemon as `InputItem`s through `submit`. The
+daemon decodes, classifies, stores the result durably in the outbox, and only then calls
+`item.done(outcome)`: the folder source moves the file to processed/ or rejected/ there,
+the DICOM receiver answers the scanner there. So an input is released by its source only
+once its result can no longer be lost.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..preprocess import DecodedImage
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    error: str | None = None  # one line, for the error event and the rejected/ sidecar
+    result_ids: list[str] = field(default_factory=list)  # message ids of the stored results
+
+
+@dataclass
+class InputItem:
+    source: str  # "watch" | "dicom" | "camera"
+    # Raw reference (file name, SOP Instance UID, frame id). Only its keyed hash is ever published.
+    ref: str
+    # Decodes the input when the worker gets to it, so a slow decode never blocks a source.
+    load: Callable[[], DecodedImage]
+    done: Callable[[Outcome], None] = lambda outcome: None
+    label: str = ""  # for logs only (a file name); never published
+
+
+Submit = Callable[[InputItem], None]
+
+
+class Source(abc.ABC):
+    """One input source. `start` must return quickly (run loops in threads); `stop` must not hang."""
+
+    name: str = "source"
+
+    @abc.abstractmethod
+    def start(self, submit: Submit) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    def health(self) -> dict:
+        """Counters and state for the heartbeat (e.g. {"connected": True, "frames_skipped": 3})."""
+        return {}
