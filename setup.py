@@ -25,6 +25,10 @@ for package, folder in ROOTS.items():
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"": ["*.json", "*.npz", "*.jpeg", "*.png", "*.html", "*.js", "*.css", "*.md", "*.toml", "*.csv"]},
+    package_data={
+        "": ["*.json", "*.npz", "*.jpeg", "*.png", "*.html", "*.js", "*.css", "*.md", "*.toml", "*.csv",
+             "static/*", "templates/*"],
+        "medge.data": ["chest_xray_samples/*/*.jpeg"],
+    },
     include_package_data=False,
 )

@@ -21,7 +21,7 @@ COMMANDS = {
     "keys": "medge.convert.cli:keys_group",
     "bundle": "medge.edge.cli:bundle_group",
     "predict": "medge.edge.cli:predict_command",
-    "edge": "medge.edge.cli:edge_group",
+    "edge": "medge.edge.daemon_cli:edge_group",
     "dashboard": "medge.dashboard.cli:dashboard_command",
     "monitor": "medge.dashboard.cli:monitor_command",
     "demo": "medge.demo:demo_command",

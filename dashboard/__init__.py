@@ -1,0 +1,8 @@
+"""Monitoring of the edge devices over MQTT: a web dashboard, a terminal monitor and
+Home Assistant discovery.
+
+`events` turns one MQTT message into a checked `Event`; `state` folds events into what the
+views show (devices, results, errors, alerts); `store` keeps the history in SQLite; `ingest`
+is the MQTT subscriber that feeds them; `server` serves the page with server-sent events;
+`monitor` is the terminal view; `homeassistant` publishes MQTT discovery configs.
+"""

@@ -236,7 +236,7 @@ def decode_dicom_dataset(dataset, name: str, max_pixels: int = DEFAULT_MAX_PIXEL
     except Exception as error:
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         detail = f" (transfer syntax {syntax.name})" if syntax is not None else ""
-        raise InputError(f"{name}: cannot decode DICOM pixel data{detail}: {str(error).splitlines()[0]}") from None
+        raise InputError(f"{name}: cannot decode DICOM pixel data{detail}: {_decoder_reason(error)}") from None
     samples = int(dataset.get("SamplesPerPixel", 1) or 1)
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
@@ -266,6 +266,17 @@ def decode_dicom_dataset(dataset, name: str, max_pixels: int = DEFAULT_MAX_PIXEL
         sop_instance_uid=_text(dataset.get("SOPInstanceUID")),
         info={"photometric": photometric, "frames": len(frames), "rows": rows, "columns": columns},
     )
+
+
+def _decoder_reason(error: Exception) -> str:
+    """One line from pydicom's decode error: when it lists every plugin's failure under a
+    heading ("...raised by all available plugins:"), the plugins' reasons are what the user needs."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return lines[0] + " " + "; ".join(lines[1:])
+    return lines[0]
 
 
 def _text(value) -> str | None:

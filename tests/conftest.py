@@ -8,4 +8,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 pytest_plugins = [
     "tests.fixtures.broker",
+    "tests.fixtures.dashboard",
+    "tests.fixtures.models",
+    "tests.fixtures.bundles",
+    "tests.fixtures.dicom",
+    "tests.fixtures.video",
+    "tests.fixtures.deploy",
+    "tests.fixtures.edge",
 ]

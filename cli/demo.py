@@ -1,0 +1,239 @@
+"""`medge demo`: the whole main job on embedded defaults, on one machine, in a few minutes.
+
+train on the bundled PneumoniaMNIST -> `convert --int8` through the accuracy gate -> a local
+MQTT broker -> the edge daemon watching a folder -> the bundled full-size chest X-rays copied
+into that folder -> results over MQTT -> the dashboard. Each stage runs as the real `medge`
+command in its own process, exactly as a user would run it, and every process the demo
+started is stopped on exit or Ctrl-C.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import click
+
+from medge import DISCLAIMER
+from medge.broker import LocalBroker, free_port, wait_for_port
+from medge.data import chest_xray_sample_files
+from medge.edge.errors import MedgeError
+
+SITE, DEVICE = "demo-site", "demo-edge-1"
+
+
+def _medge(*args: str) -> list[str]:
+    return [sys.executable, "-m", "medge", *args]
+
+
+class Stage:
+    """Prints numbered stage headers so a long run reads as a story."""
+
+    def __init__(self, total: int):
+        self.total, self.index = total, 0
+
+    def __call__(self, title: str):
+        self.index += 1
+        click.secho(f"\n[{self.index}/{self.total}] {title}", bold=True)
+
+
+class Processes:
+    """Every background process the demo starts, stopped in reverse order at the end."""
+
+    def __init__(self):
+        self.running: list[tuple[str, subprocess.Popen | LocalBroker]] = []
+
+    def start(self, name: str, command: list[str], log: Path) -> subprocess.Popen:
+        handle = open(log, "ab")
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        handle.close()
+        self.running.append((name, process))
+        return process
+
+    def add_broker(self, broker: LocalBroker):
+        self.running.append(("broker", broker))
+
+    def stop_all(self):
+        for name, process in reversed(self.running):
+            if isinstance(process, LocalBroker):
+                process.stop()
+                continue
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)  # the daemon publishes 'offline' and exits 0
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        self.running.clear()
+
+
+def _run_foreground(command: list[str]) -> None:
+    """Run a medge stage with its progress on the terminal; a failure ends the demo."""
+    done = subprocess.run(command)
+    if done.returncode != 0:
+        raise MedgeError(f"demo: `{' '.join(command[2:])}` failed with exit code {done.returncode}")
+
+
+class ResultListener:
+    """Subscribes to the demo device's topics and prints each result as it arrives."""
+
+    def __init__(self, port: int, names_by_ref: dict[str, str]):
+        import paho.mqtt.client as mqtt
+
+        self.results: list[dict] = []
+        self.online = threading.Event()
+        self.names_by_ref = names_by_ref
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="medge-demo-listener",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda client, *_: client.subscribe(f"medge/{SITE}/{DEVICE}/#", qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message):
+        try:
+            payload = json.loads(message.payload)
+        except ValueError:
+            return
+        kind = message.topic.rsplit("/", 1)[-1]
+        if kind == "status" and payload.get("state") == "online":
+            self.online.set()
+        elif kind == "result":
+            with self._lock:
+                if any(seen["id"] == payload["id"] for seen in self.results):
+                    return  # a QoS 1 duplicate
+                self.results.append(payload)
+            name = self.names_by_ref.get(payload.get("input_ref"), payload.get("input_ref", "?"))
+            flag = click.style(" POSITIVE", fg="red", bold=True) if payload.get("positive") else ""
+            click.echo(f"  result  {name:<28} -> {payload.get('class'):<10} score {payload.get('score', 0):.3f} "
+                       f"(threshold {payload.get('threshold', 0):.3f}, {payload['timing_ms']['total']:.0f} ms){flag}")
+        elif kind == "error":
+            click.echo(f"  error   {payload.get('message')}")
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _dashboard_results(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=5) as response:
+        return len(json.load(response).get("results", []))
+
+
+def _interrupt(signum, frame):
+    # SIGTERM (e.g. from a supervisor or a test) cleans up exactly like Ctrl-C does.
+    raise KeyboardInterrupt
+
+
+def _wait(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@click.command("demo")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("medge-demo"),
+              show_default=True, help="Where the run, bundle, watch folder, state and logs go.")
+@click.option("--epochs", type=click.IntRange(1), default=8, show_default=True, help="Training epochs.")
+@click.option("--quick", is_flag=True, help="A tiny model (2 epochs on 1,000 images): for tests and a first look.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Dashboard port (0 = any free port).")
+@click.option("--serve/--no-serve", default=True, show_default=True,
+              help="Keep the dashboard, daemon and broker running until Ctrl-C.")
+def demo_command(workdir: Path, epochs: int, quick: bool, port: int, serve: bool):
+    """Train, quantize, deploy and watch a pneumonia classifier on this machine.
+
+    Uses the bundled PneumoniaMNIST and real full-size chest X-rays; needs no network. Prints
+    the accuracy-gate table, every published result and the dashboard URL.
+    """
+    stage = Stage(6)
+    workdir = workdir.resolve()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    (workdir / "logs").mkdir(parents=True)
+    run_dir, bundle_dir, inbox = workdir / "run", workdir / "bundle", workdir / "inbox"
+    processes = Processes()
+    signal.signal(signal.SIGTERM, _interrupt)
+    click.secho(f"medge demo - {DISCLAIMER}", fg="yellow")
+    try:
+        stage("Train a CNN on the bundled PneumoniaMNIST (real pediatric chest X-rays, 28x28)")
+        train_args = ["train", "--out", str(run_dir), "--epochs", str(2 if quick else epochs)]
+        if quick:
+            train_args += ["--limit", "1000", "--bootstrap", "200"]
+        _run_foreground(_medge(*train_args))
+
+        stage("Quantize to int8 and check it on the edge runtime (the accuracy gate)")
+        _run_foreground(_medge("convert", str(run_dir), "--int8", "--out", str(bundle_dir), "--force",
+                               "--calibration-samples", "100" if quick else "300"))
+
+        stage("Start a local MQTT broker")
+        broker = LocalBroker(kind="auto", workdir=workdir / "broker")
+        broker.start()
+        processes.add_broker(broker)
+        click.echo(f"  {broker.kind} on {broker.url}")
+
+        stage("Start the dashboard")
+        dashboard_port = port or free_port()
+        processes.start("dashboard", _medge("dashboard", "--broker", broker.url, "--port", str(dashboard_port),
+                                            "--db", str(workdir / "dashboard.sqlite")),
+                        workdir / "logs" / "dashboard.log")
+        if not wait_for_port(dashboard_port, timeout=20):
+            raise MedgeError(f"demo: the dashboard did not start; see {workdir / 'logs' / 'dashboard.log'}")
+        click.echo(f"  http://127.0.0.1:{dashboard_port}/")
+
+        stage("Start the edge daemon watching a scanner export folder")
+        inbox.mkdir()
+        state_dir = workdir / "state"
+        from medge.edge.pseudonym import Pseudonymizer, load_or_create_key
+
+        # The demo holds the device key so it can show file names beside the pseudonymous refs
+        # the daemon publishes; the wire itself never carries a file name.
+        pseudonyms = Pseudonymizer(load_or_create_key(state_dir / "pseudonym.key"))
+        samples = chest_xray_sample_files()
+        listener = ResultListener(broker.port, {pseudonyms.ref(path.name): path.name for path in samples})
+        processes.start("edge daemon", _medge(
+            "edge", "run", str(bundle_dir), "--watch", str(inbox), "--broker", broker.url,
+            "--site", SITE, "--device", DEVICE, "--state-dir", str(state_dir),
+            "--pseudonym-key-file", str(state_dir / "pseudonym.key"), "--heartbeat-s", "5"),
+            workdir / "logs" / "edge.log")
+        if not listener.online.wait(timeout=60):
+            raise MedgeError(f"demo: the edge daemon did not come online; see {workdir / 'logs' / 'edge.log'}")
+        click.echo(f"  {DEVICE} is online (site {SITE})")
+
+        stage(f"Copy {len(samples)} real chest X-rays into {inbox}")
+        for path in samples:
+            shutil.copy2(path, inbox / path.name)
+        if not _wait(lambda: len(listener.results) >= len(samples), timeout=120):
+            raise MedgeError(f"demo: only {len(listener.results)} of {len(samples)} results arrived; "
+                             f"see {workdir / 'logs' / 'edge.log'}")
+        _wait(lambda: _dashboard_results(dashboard_port) >= len(samples), timeout=20)
+        shown = _dashboard_results(dashboard_port)
+        listener.close()
+
+        click.secho("\nDone.", bold=True)
+        click.echo(f"  run (metrics, plots, report.md): {run_dir}")
+        click.echo(f"  bundle (int8 model, medge.json, gate report): {bundle_dir}")
+        click.echo(f"  results published: {len(listener.results)}; on the dashboard: {shown}")
+        click.echo(f"  dashboard: http://127.0.0.1:{dashboard_port}/")
+        click.secho(f"  {DISCLAIMER}", fg="yellow")
+        if serve:
+            click.echo("\nDashboard, daemon and broker keep running; drop more images into "
+                       f"{inbox}. Ctrl-C to stop.")
+            while True:
+                time.sleep(1)
+    except KeyboardInterrupt:
+        click.echo("\nStopping...")
+    finally:
+        processes.stop_all()

@@ -1,0 +1,72 @@
+"""The medge.json essentials embedded inside every model file, so a file found on its own still
+says what it is: classes, threshold, preprocessing, name, version (TFLite metadata entry /
+ONNX metadata_props, both under the key "medge")."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+METADATA_KEY = "medge"
+
+
+def model_metadata(manifest: dict, format_name: str) -> dict:
+    """The subset of the manifest a model file carries about itself."""
+    keys = ("task", "classes", "positive_class", "threshold", "preprocessing", "medge_version", "disclaimer")
+    data = {"schema": "medge.model/1", "format": format_name, "model": manifest["model"]}
+    data.update({key: manifest.get(key) for key in keys})
+    return data
+
+
+def embed_metadata(path: Path, data: dict) -> None:
+    if path.suffix == ".tflite":
+        embed_tflite_metadata(path, data)
+    elif path.suffix == ".onnx":
+        embed_onnx_metadata(path, data)
+
+
+def embed_tflite_metadata(path: Path, data: dict) -> None:
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    buffer = schema.BufferT()
+    buffer.data = list(json.dumps(data, sort_keys=True).encode())
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_KEY
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_KEY] + [entry]
+    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+
+
+def embed_onnx_metadata(path: Path, data: dict) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(data, sort_keys=True))
+    model.producer_name = "medge"
+    onnx.save(model, str(path))
+
+
+def read_metadata(path: Path) -> dict | None:
+    """The embedded medge metadata of a .tflite or .onnx file (None if it has none)."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        for prop in model.metadata_props:
+            if prop.key == METADATA_KEY:
+                return json.loads(prop.value)
+        return None
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    for entry in model.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == METADATA_KEY:
+            return json.loads(bytes(model.buffers[entry.buffer].data))
+    return None

@@ -1,0 +1,336 @@
+"""`medge convert`: a training run -> converted model files -> accuracy gate -> bundle.
+
+Everything is written into a staging folder next to the output. Only when every artifact
+passes the gate is medge.json written (last) and the folder moved into place; a failed
+conversion leaves `OUT.rejected/` with the report and plot but no manifest, so nothing that
+looks like a valid bundle ever appears.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from medge import DISCLAIMER, __version__
+from medge.edge.bundle import REPORT_NAME, sha256_file, write_manifest
+from medge.edge.errors import InputError
+from medge.edge.runtime import create_predictor, to_probabilities
+
+from .calibration import calibration_samples
+from .formats import ExportContext, Format, parse_formats
+from .head import split_output_activation
+from .gate import GateFailed, GateLimits, check, classification_metrics, compare, median_latency_ms
+from .metadata import embed_metadata, model_metadata
+from .progress import progress_task
+
+PLOT_NAME = "comparison.png"
+REPORT_SCHEMA = "medge.conversion-report/1"
+EVAL_BATCH = 64
+
+
+@dataclass
+class ConvertConfig:
+    """One conversion, as the CLI, the tests and the benchmark describe it."""
+
+    run: Path | str
+    out: Path | str | None = None  # None = RUN/bundle
+    formats: str | None = None  # "tflite-int8,onnx-int8"; None = from int8/onnx
+    int8: bool = False
+    onnx: bool = False
+    calibration_samples: int = 300
+    calibration_data: Path | str | None = None  # None = the run's training split
+    data: Path | str | None = None  # None = the run's test split
+    limits: GateLimits = field(default_factory=GateLimits)
+    sign_key: Path | str | None = None
+    name: str | None = None  # None = the run's model name
+    version: str | None = None
+    modalities: tuple[str, ...] = ()
+    body_parts: tuple[str, ...] = ()
+    latency_runs: int = 50
+    latency_threads: tuple[int, ...] = (1, 2)
+    force: bool = False
+    progress: bool = True
+    seed: int = 0
+
+
+@dataclass
+class ConversionResult:
+    passed: bool
+    path: Path  # the bundle, or OUT.rejected when the gate failed
+    report: dict
+    failures: list[str]
+
+
+def convert(config: ConvertConfig, log=print) -> ConversionResult:
+    """Convert, gate, bundle. Raises GateFailed (after writing OUT.rejected) when a limit is broken."""
+    from medge.train.run import load_run
+
+    formats = parse_formats(config.formats, config.int8, config.onnx)
+    run = load_run(config.run)
+    out = Path(config.out).expanduser().resolve() if config.out else run.path / "bundle"
+    if out.exists() and not config.force:
+        raise InputError(f"{out}: already exists (use --force to replace it)")
+    if config.sign_key is not None:
+        from medge.edge.bundle import load_private_key
+
+        load_private_key(config.sign_key)  # a bad key fails now, not after minutes of work
+    x_eval, y_eval, data_label = evaluation_data(run, config.data)
+    calibration = None
+    if any(f.calibrated for f in formats):
+        calibration = _calibration(run, config)
+    log(f"converting {run.path.name} ({run.metrics.get('model', {}).get('arch', 'model')}) to "
+        f"{', '.join(f.name for f in formats)}; gate on {data_label} ({len(y_eval)} images)")
+
+    model = run.load_model()
+    reference = _reference(model, x_eval, y_eval, run, config)
+
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    manifest_base = _manifest_base(run, config)
+    records, failures = [], []
+    try:
+        with tempfile.TemporaryDirectory(prefix="medge-convert-") as workdir:
+            float_context = ExportContext(model=model, workdir=Path(workdir) / "float", calibration=calibration)
+            integer_context = float_context
+            if calibration is not None:
+                logits_model, activation = split_output_activation(model)
+                integer_context = ExportContext(model=logits_model, workdir=Path(workdir) / "integer",
+                                                calibration=calibration, output_activation=activation)
+            for fmt in formats:
+                context = integer_context if fmt.calibrated else float_context
+                record = convert_one(fmt, context, staging, manifest_base, x_eval, y_eval, reference, run, config)
+                records.append(record)
+                failures += [f"{fmt.name}: {failure}" for failure in record["failures"]]
+                log(f"  {fmt.name}: {record['size_bytes'] / 1024:.1f} KiB in {record['conversion_s']:.1f} s, "
+                    f"AUC {record['auc']:.4f} ({record['auc_delta']:+.4f}), agreement {record['agreement']:.2%}"
+                    + ("" if record["passed"] else "  FAILED"))
+        report = _report(run, config, data_label, len(y_eval), reference, records, failures)
+        (staging / REPORT_NAME).write_text(_json(report))
+        from .plots import comparison_plot
+
+        comparison_plot(staging / PLOT_NAME, y_eval, reference["probabilities"], records, run)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    if failures:
+        rejected = out.with_name(out.name + ".rejected")
+        shutil.rmtree(rejected, ignore_errors=True)
+        os.replace(staging, rejected)
+        result = ConversionResult(False, rejected, report, failures)
+        raise GateFailed(
+            f"accuracy gate failed, no bundle written: {failures[0]}"
+            + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "")
+            + f"; report in {rejected}", result)
+
+    manifest = dict(manifest_base)
+    manifest["artifacts"] = [_manifest_artifact(record) for record in records]
+    manifest["gate"] = {"passed": True, "limits": config.limits.to_dict(), "data": data_label,
+                        "n_images": int(len(y_eval)), "reference": report["reference"]}
+    write_manifest(staging, clean_json(manifest), private_key=config.sign_key)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    shutil.rmtree(out.with_name(out.name + ".rejected"), ignore_errors=True)
+    return ConversionResult(True, out, report, [])
+
+
+# --------------------------------------------------------------------------- data
+
+
+def evaluation_data(run, data: Path | str | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """The gate's images: the run's test split, or every image of --data."""
+    if data is None:
+        dataset = run.load_dataset()
+        split = dataset.splits.get("test")
+        if split is None or len(split) == 0:
+            raise InputError(f"{run.path}: the run has no test split to gate on (trained with test_split 0?); "
+                             "pass --data with labelled images")
+        return split.x, split.y, "run test split"
+    from medge.train.data import load_dataset
+
+    dataset = load_dataset(data, classes=run.classes, spec=run.spec, val_split=0.0, test_split=0.0)
+    x = np.concatenate([s.x for s in dataset.splits.values()])
+    y = np.concatenate([s.y for s in dataset.splits.values()])
+    if len(y) == 0:
+        raise InputError(f"{data}: no labelled images to gate on")
+    return x, y, str(Path(data).resolve())
+
+
+def _calibration(run, config: ConvertConfig) -> np.ndarray:
+    if config.calibration_data is None:
+        split = run.load_dataset().splits["train"]
+        x, y = split.x, split.y
+    else:
+        from medge.train.data import load_dataset
+
+        dataset = load_dataset(config.calibration_data, classes=run.classes, spec=run.spec, val_split=0.0,
+                               test_split=0.0)
+        x = np.concatenate([s.x for s in dataset.splits.values()])
+        y = np.concatenate([s.y for s in dataset.splits.values()])
+    return calibration_samples(x, y, config.calibration_samples, seed=config.seed)
+
+
+def _reference(model, x_eval: np.ndarray, y_eval: np.ndarray, run, config: ConvertConfig) -> dict:
+    """The float Keras model's probabilities and latency: what every artifact is compared with."""
+    outputs = []
+    with progress_task("float reference", len(x_eval), config.progress) as advance:
+        for start in range(0, len(x_eval), 256):
+            batch = x_eval[start:start + 256]
+            outputs.append(np.asarray(model(batch, training=False)))
+            advance(len(batch))
+    probabilities = to_probabilities(np.concatenate(outputs))
+
+    def predict(batch):
+        return np.asarray(model(batch, training=False))
+
+    latency = median_latency_ms(predict, x_eval[0], runs=max(5, config.latency_runs // 2), warmup=3)
+    metrics = classification_metrics(probabilities, y_eval, run.classes, _threshold(run))
+    return {"probabilities": probabilities, "metrics": metrics, "latency_ms": {"default_threads": latency}}
+
+
+# --------------------------------------------------------------------------- one format
+
+
+def convert_one(fmt: Format, context: ExportContext, staging: Path, manifest_base: dict, x_eval, y_eval,
+                reference: dict, run, config: ConvertConfig) -> dict:
+    """Export one format, embed its metadata, and measure it on the device runtime."""
+    path = staging / fmt.file
+    module_name, function_name = fmt.exporter.split(":")
+    export = getattr(importlib.import_module(f"medge.convert.{module_name}"), function_name)
+    started = time.perf_counter()
+    total = len(context.calibration) if fmt.calibrated and context.calibration is not None else 0
+    with progress_task(f"calibrating {fmt.name}", total, config.progress and total > 0) as advance:
+        context.progress = advance
+        export(context, path)
+        context.progress = None
+    conversion_s = time.perf_counter() - started
+    # The runtime reads output_activation from here when given the bare file, as it is just below.
+    embed_metadata(path, {**model_metadata(manifest_base, fmt.name), "output_activation": context.output_activation})
+
+    predictor = create_predictor(path, runtime=fmt.runtime)
+    probabilities = []
+    with progress_task(f"evaluating {fmt.name} on {predictor.runtime_name}", len(x_eval), config.progress) as advance:
+        for start in range(0, len(x_eval), EVAL_BATCH):
+            batch = x_eval[start:start + EVAL_BATCH]
+            probabilities.append(predictor.predict(batch))
+            advance(len(batch))
+    probabilities = np.concatenate(probabilities)
+    metrics = compare(reference["probabilities"], probabilities, y_eval, run.classes, run.task, _threshold(run),
+                      run.positive_class)
+    latency = {}
+    for threads in config.latency_threads:
+        single = create_predictor(path, runtime=fmt.runtime, threads=threads)
+        latency[f"threads_{threads}"] = median_latency_ms(single.predict, x_eval[0], runs=config.latency_runs)
+    failures = check(metrics, config.limits)
+    params = run.metrics.get("model", {}).get("params")
+    return {
+        "format": fmt.name,
+        "description": fmt.description,
+        "file": fmt.file,
+        "runtime": predictor.runtime_name,
+        "size_bytes": path.stat().st_size,
+        "size_vs_float32_weights": path.stat().st_size / (4 * params) if params else None,
+        "conversion_s": conversion_s,
+        **metrics,
+        "latency_ms": latency,
+        "input": predictor.input.to_dict(),
+        "output": predictor.output.to_dict(),
+        "sha256": sha256_file(path),
+        "passed": not failures,
+        "failures": failures,
+        "probabilities": probabilities,  # dropped from the JSON report, used by the plot
+    }
+
+
+def _threshold(run) -> float | None:
+    return run.threshold if run.task == "binary" else None
+
+
+# --------------------------------------------------------------------------- manifest and report
+
+
+def _manifest_base(run, config: ConvertConfig) -> dict:
+    model_info = run.metrics.get("model", {})
+    applicability = None
+    if config.modalities or config.body_parts:
+        applicability = {"modalities": [m.upper() for m in config.modalities],
+                         "body_parts": [b.upper() for b in config.body_parts]}
+    binary = run.task == "binary"
+    return {
+        "schema": "medge.bundle/1",
+        "model": {
+            "name": config.name or model_info.get("name") or run.path.name,
+            "version": str(config.version or model_info.get("version") or "1"),
+            "arch": model_info.get("arch"),
+            "params": model_info.get("params"),
+            "source_run": run.path.name,
+            "source_sha256": sha256_file(run.model_file),
+        },
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "medge_version": __version__,
+        "task": run.task,
+        "classes": run.classes,
+        "positive_class": (run.positive_class or run.classes[1]) if binary else None,
+        "threshold": run.threshold if binary else None,
+        "threshold_policy": run.metrics.get("threshold_policy"),
+        "preprocessing": run.spec.to_dict(),
+        "applicability": applicability,
+        "disclaimer": DISCLAIMER,
+    }
+
+
+def _manifest_artifact(record: dict) -> dict:
+    gate_keys = ("auc", "auc_delta", "accuracy", "sensitivity", "specificity", "agreement",
+                 "max_abs_score_diff", "mean_abs_score_diff", "latency_ms")
+    return {"file": record["file"], "format": record["format"], "runtime": record["runtime"],
+            "sha256": record["sha256"], "size_bytes": record["size_bytes"], "input": record["input"],
+            "output": record["output"], "gate": {key: record[key] for key in gate_keys}}
+
+
+def _report(run, config: ConvertConfig, data_label: str, n_images: int, reference: dict, records: list[dict],
+            failures: list[str]) -> dict:
+    return {
+        "schema": REPORT_SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "medge_version": __version__,
+        "run": str(run.path),
+        "data": data_label,
+        "n_images": n_images,
+        "threshold": _threshold(run),
+        "limits": config.limits.to_dict(),
+        "calibration_samples": config.calibration_samples,
+        "reference": {"format": "keras-f32", "runtime": "tensorflow", **reference["metrics"],
+                      "latency_ms": reference["latency_ms"]},
+        "artifacts": [{k: v for k, v in record.items() if k != "probabilities"} for record in records],
+        "passed": not failures,
+        "failures": failures,
+        "disclaimer": DISCLAIMER,
+    }
+
+
+def clean_json(value):
+    """NaN/inf -> null and numpy scalars -> Python, so every file we write is strict JSON."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v) for v in value]
+    if isinstance(value, np.generic):
+        return clean_json(value.item())
+    return value
+
+
+def _json(data: dict) -> str:
+    import json
+
+    return json.dumps(clean_json(data), indent=2) + "\n"

@@ -1,0 +1,89 @@
+"""Home Assistant MQTT discovery: each medge device appears in Home Assistant as a device
+with three entities (online status, last class, last score), read straight from the
+medge topics, so nothing is republished or duplicated.
+
+Dashboard-side (`medge dashboard --ha-discovery`): the dashboard already sees every device,
+and the devices stay free of Home Assistant specifics. Configs are retained, so Home
+Assistant picks them up whenever it (re)starts.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from medge import __version__
+
+DISCOVERY_PREFIX = "homeassistant"
+
+
+def _object_id(*parts: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", "_".join(parts))
+
+
+def discovery_configs(site: str, device: str, model: dict | None = None, medge_version: str | None = None,
+                      prefix: str = "medge", discovery_prefix: str = DISCOVERY_PREFIX) -> list[tuple[str, dict]]:
+    """[(config topic, config payload)] for one device."""
+    node = _object_id("medge", site, device)
+    base = f"{prefix}/{site}/{device}"
+    ha_device = {
+        "identifiers": [node],
+        "name": f"medge {site}/{device}",
+        "manufacturer": "medge",
+        "model": f"{model.get('name', '?')} {model.get('version', '?')}" if model else "medge edge device",
+        "sw_version": medge_version or __version__,
+    }
+    availability = {"topic": f"{base}/status", "value_template": "{{ value_json.state }}",
+                    "payload_available": "online", "payload_not_available": "offline"}
+    origin = {"name": "medge", "sw_version": __version__}
+    entities = [
+        ("binary_sensor", "status", {
+            "name": "Status", "device_class": "connectivity", "state_topic": f"{base}/status",
+            "value_template": "{{ value_json.state }}", "payload_on": "online", "payload_off": "offline",
+            "json_attributes_topic": f"{base}/status",
+            "json_attributes_template": "{{ {'reason': value_json.reason, 'model': value_json.model} | tojson }}",
+        }),
+        ("sensor", "last_class", {
+            "name": "Last class", "icon": "mdi:label", "state_topic": f"{base}/result",
+            "value_template": "{{ value_json['class'] if value_json.status == 'classified' else 'not applicable' }}",
+            "json_attributes_topic": f"{base}/result",
+            "json_attributes_template": "{{ {'positive': value_json.positive, 'ts': value_json.ts, "
+                                        "'disclaimer': value_json.disclaimer} | tojson }}",
+            "availability": [availability],
+        }),
+        ("sensor", "last_score", {
+            "name": "Last score", "icon": "mdi:gauge", "state_topic": f"{base}/result",
+            "value_template": "{{ value_json.score | round(3) if value_json.score is defined else none }}",
+            "availability": [availability],
+        }),
+    ]
+    configs = []
+    for component, key, config in entities:
+        config.update(unique_id=_object_id(node, key), object_id=_object_id(node, key), device=ha_device,
+                      origin=origin)
+        configs.append((f"{discovery_prefix}/{component}/{node}/{key}/config", config))
+    return configs
+
+
+class HomeAssistantDiscovery:
+    """Publishes the configs of each device once, and again when its model changes."""
+
+    def __init__(self, publish: Callable[[str, dict], None], prefix: str = "medge",
+                 discovery_prefix: str = DISCOVERY_PREFIX):
+        self.publish = publish
+        self.prefix = prefix
+        self.discovery_prefix = discovery_prefix
+        self._published: dict[str, tuple] = {}
+
+    def observe(self, device_state) -> None:
+        """Call with the DeviceState of every device a message arrived from."""
+        signature = (device_state.model_label, device_state.medge_version)
+        if self._published.get(device_state.key) == signature:
+            return
+        self._published[device_state.key] = signature
+        for topic, config in discovery_configs(device_state.site, device_state.device, device_state.model,
+                                               device_state.medge_version, self.prefix, self.discovery_prefix):
+            self.publish(topic, config)
+
+    def forget(self) -> None:
+        """After a reconnect: publish again (the broker may have lost retained configs)."""
+        self._published.clear()

@@ -1,0 +1,145 @@
+"""`medge monitor`: the dashboard's state in a terminal (rich), or its events as JSON lines."""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from datetime import datetime
+
+from medge import DISCLAIMER
+from medge.dashboard.events import Event
+from medge.dashboard.mqtt import BrokerSettings, MqttFeed
+from medge.dashboard.state import DashboardState
+
+
+def _clock(epoch: float | None) -> str:
+    return datetime.fromtimestamp(epoch).strftime("%H:%M:%S") if epoch else "-"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def render(state: DashboardState, results: int = 10, alerts: int = 5, errors: int = 5):
+    """The whole terminal view as one rich renderable."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    snap = state.snapshot()
+    totals, broker = snap["totals"], snap["broker"]
+    header = Text()
+    header.append("medge monitor  ", style="bold")
+    header.append(f"broker {broker['url']} ", style="dim")
+    header.append("connected" if broker["connected"] else "DISCONNECTED",
+                  style="green" if broker["connected"] else "bold red")
+    header.append(f"   devices {totals.get('devices', 0)} ({totals.get('online', 0)} online)"
+                  f"   results {totals.get('results', 0)}   positives {totals.get('positives', 0)}"
+                  f"   errors {totals.get('errors', 0) + totals.get('invalid', 0)}\n")
+    header.append(DISCLAIMER, style="italic yellow")
+    if snap["versions"]["mismatch"]:
+        header.append("\nModel version mismatch: " + ", ".join(
+            f"{label} on {len(keys)}" for label, keys in snap["versions"]["by_version"].items()), style="bold yellow")
+
+    devices = Table(title="Devices", expand=True, title_justify="left")
+    for column in ("Device", "State", "Heartbeat", "Model", "Results/min", "p50/p95 ms", "Results", "Positives",
+                   "Errors"):
+        devices.add_column(column)
+    for dev in snap["devices"]:
+        state_text = Text(dev["state"] + (" (stale)" if dev["stale"] else ""),
+                          style={"online": "green", "offline": "bold red"}.get(dev["state"], "yellow"))
+        model = Text(dev["model_label"] or "-", style="bold yellow" if dev["version_mismatch"] else "")
+        if dev["version_mismatch"]:
+            model.append(" (differs)")
+        latency = dev["latency_ms"]
+        devices.add_row(dev["key"], state_text, _age(dev["heartbeat_age_s"]), model, str(dev["per_minute"]),
+                        f"{_ms(latency['p50'])}/{_ms(latency['p95'])}", str(dev["results"]), str(dev["positives"]),
+                        str(dev["errors"]))
+
+    feed = Table(title="Last results", expand=True, title_justify="left")
+    for column in ("Time", "Device", "Class", "Score", "Threshold", "Model"):
+        feed.add_column(column)
+    for row in reversed(snap["results"][-results:]):
+        style = "bold red" if row["positive"] else ""
+        label = row["class"] if row["status"] == "classified" else f"not applicable ({row['reason'] or '-'})"
+        feed.add_row(_clock(row["received"]), f"{row['site']}/{row['device']}", Text(label or "-", style=style),
+                     "-" if row["score"] is None else f"{row['score']:.3f}",
+                     "-" if row["threshold"] is None else f"{row['threshold']:.3f}", row["model"])
+
+    parts = [Panel(header), devices, feed]
+    if snap["alerts"]:
+        alert_table = Table(title="Alerts", expand=True, title_justify="left", show_header=False)
+        for alert in reversed(snap["alerts"][-alerts:]):
+            alert_table.add_row(_clock(alert["received"]),
+                                Text(alert["message"], style="bold red" if alert["level"] == "critical" else "yellow"))
+        parts.append(alert_table)
+    if snap["errors"]:
+        error_table = Table(title="Errors", expand=True, title_justify="left", show_header=False)
+        for row in reversed(snap["errors"][-errors:]):
+            error_table.add_row(_clock(row["received"]), f"{row['site']}/{row['device']}", row["kind"],
+                                row["message"] or "-")
+        parts.append(error_table)
+    return Group(*parts)
+
+
+def event_line(event: Event) -> str:
+    data = {"kind": event.kind, "topic": event.topic, "site": event.site, "device": event.device, "id": event.id,
+            "received": event.received, "retained": event.retained}
+    if event.payload is not None:
+        data["payload"] = event.payload
+    if event.problem:
+        data.update(problem=event.problem, raw=event.raw)
+    return json.dumps(data)
+
+
+def run_monitor(settings: BrokerSettings, as_json: bool = False, duration: float | None = None,
+                stale_after_s: float = 90.0) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    state = DashboardState(stale_after_s=stale_after_s)
+    lock = threading.Lock()
+
+    def on_event(event: Event) -> None:
+        changes = state.apply(event)
+        if changes is None or not as_json:
+            return
+        with lock:
+            print(event_line(event), flush=True)
+            for name, row in changes:
+                if name == "alert":
+                    print(json.dumps({"kind": "alert", **row}), flush=True)
+
+    console = Console()
+    live_view = not as_json and console.is_terminal
+
+    def on_connection(connected: bool, message: str) -> None:
+        state.set_broker(connected, settings.public_url, message)
+        if not live_view:  # the live view shows it in its header
+            print(message, file=sys.stderr, flush=True)
+
+    feed = MqttFeed(settings, on_event, on_connection, name="monitor").start()
+    deadline = None if duration is None else time.monotonic() + duration
+    try:
+        if not live_view:
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not as_json:  # piped without --json: print the final view once
+                console.print(render(state))
+            return
+        with Live(render(state), console=console, refresh_per_second=2, screen=False) as live:
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(0.5)
+                live.update(render(state))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        feed.stop()

@@ -1,0 +1,125 @@
+"""The dashboard's core: MQTT feed -> de-duplication -> SQLite history -> state -> live clients.
+
+The HTTP server (`server.py`) only reads `state` and listens on `hub`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from pathlib import Path
+
+from medge.dashboard.alerts import AlertRules
+from medge.dashboard.events import Event
+from medge.dashboard.homeassistant import DISCOVERY_PREFIX, HomeAssistantDiscovery
+from medge.dashboard.mqtt import BrokerSettings, MqttFeed
+from medge.dashboard.state import DashboardState
+from medge.dashboard.store import HistoryStore
+
+log = logging.getLogger("medge.dashboard")
+
+CLOSE = object()
+
+
+class Hub:
+    """Fans named JSON messages out to every connected browser (one queue each)."""
+
+    def __init__(self, backlog: int = 2000):
+        self.backlog = backlog
+        self._clients: set[queue.Queue] = set()
+        self._lock = threading.Lock()
+
+    def subscribe(self) -> queue.Queue:
+        client = queue.Queue(maxsize=self.backlog)
+        with self._lock:
+            self._clients.add(client)
+        return client
+
+    def unsubscribe(self, client: queue.Queue) -> None:
+        with self._lock:
+            self._clients.discard(client)
+
+    def connected(self, client: queue.Queue) -> bool:
+        with self._lock:
+            return client in self._clients
+
+    def publish(self, name: str, data) -> None:
+        message = (name, json.dumps(data))
+        with self._lock:
+            for client in list(self._clients):
+                try:
+                    client.put_nowait(message)
+                except queue.Full:
+                    # A browser that cannot keep up is dropped; it reconnects and gets a snapshot.
+                    self._clients.discard(client)
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients:
+                try:
+                    client.put_nowait(CLOSE)
+                except queue.Full:
+                    pass
+            self._clients.clear()
+
+
+class DashboardService:
+    def __init__(self, broker: BrokerSettings, db_path: str | Path, rules: AlertRules | None = None,
+                 stale_after_s: float = 90.0, retention_days: float = 7.0, ha_discovery: bool = False,
+                 ha_prefix: str = DISCOVERY_PREFIX, summary_interval_s: float = 0.5):
+        self.broker = broker
+        self.state = DashboardState(rules or AlertRules(), stale_after_s=stale_after_s)
+        self.store = HistoryStore(db_path, retention_days=retention_days)
+        self.hub = Hub()
+        replayed = 0
+        for event in self.store.replay():
+            self.state.apply(event)
+            replayed += 1
+        log.info("history: %d events from %s", replayed, self.store.path)
+        self.state.set_broker(False, broker.public_url, "connecting")
+        self.feed = MqttFeed(broker, self.handle, self._on_connection)
+        self.discovery = (HomeAssistantDiscovery(self.feed.publish, broker.topic_prefix, ha_prefix)
+                          if ha_discovery else None)
+        self.summary_interval_s = summary_interval_s
+        self._dirty = threading.Event()
+        self._stopping = threading.Event()
+        self._ticker = threading.Thread(target=self._push_summaries, name="summary", daemon=True)
+
+    def start(self) -> "DashboardService":
+        self.feed.start()
+        self._ticker.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.feed.stop()
+        self.hub.close()
+        self.store.close()
+
+    def handle(self, event: Event) -> None:
+        """One message from the broker (paho's thread)."""
+        if self.state.is_duplicate(event):
+            return
+        self.store.add(event)
+        for name, row in self.state.apply(event) or []:
+            self.hub.publish(name, row)
+        if self.discovery and event.site != "?":
+            self.discovery.observe(self.state.device(event.site, event.device))
+        self._dirty.set()
+
+    def _on_connection(self, connected: bool, message: str) -> None:
+        self.state.set_broker(connected, message=message)
+        if connected and self.discovery:
+            self.discovery.forget()
+            for device in list(self.state.devices.values()):
+                self.discovery.observe(device)
+        self._dirty.set()
+
+    def _push_summaries(self) -> None:
+        # Coalesced: a burst of results costs one summary per interval, not one per message.
+        while not self._stopping.is_set():
+            if self._dirty.wait(timeout=5.0):
+                self._dirty.clear()
+            self.hub.publish("summary", self.state.summary())
+            self._stopping.wait(self.summary_interval_s)

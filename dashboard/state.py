@@ -1,0 +1,238 @@
+"""What the views show, folded from events: devices, the result feed, errors, alerts, charts.
+
+`DashboardState.apply(event)` is the only way in; it drops duplicates (QoS 1 re-deliveries
+keep their message id) and returns the rows that changed so a live view can push them.
+Thread-safe: the MQTT thread applies events while HTTP threads read snapshots.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+
+from medge.dashboard.alerts import AlertRules
+from medge.dashboard.events import INVALID, Event
+
+SCORE_BINS = 10
+CHART_MINUTES = 30
+RECENT = 200  # results kept per device for throughput and latency
+
+
+@dataclass
+class DeviceState:
+    site: str
+    device: str
+    state: str = "unknown"  # online | offline | unknown (no status seen yet)
+    state_since: float | None = None
+    reason: str | None = None
+    model: dict | None = None
+    sources: list = field(default_factory=list)
+    medge_version: str | None = None
+    last_heartbeat: float | None = None  # server time the last heartbeat arrived
+    heartbeat: dict | None = None
+    results: int = 0
+    positives: int = 0
+    errors: int = 0
+    last_result: dict | None = None
+    threshold: float | None = None
+    score_bins: list = field(default_factory=lambda: [0] * SCORE_BINS)
+    recent: deque = field(default_factory=lambda: deque(maxlen=RECENT))  # (received, total_ms)
+
+    @property
+    def key(self) -> str:
+        return f"{self.site}/{self.device}"
+
+    @property
+    def model_label(self) -> str | None:
+        return f"{self.model.get('name', '?')} {self.model.get('version', '?')}" if self.model else None
+
+    def latency(self) -> dict:
+        """p50/p95 from the device's own heartbeat; from recent results until one arrives."""
+        reported = (self.heartbeat or {}).get("latency_ms") or {}
+        if reported.get("p50") is not None:
+            return {"p50": reported.get("p50"), "p95": reported.get("p95"), "from": "heartbeat"}
+        totals = sorted(total for _, total in self.recent if total is not None)
+        if not totals:
+            return {"p50": None, "p95": None, "from": None}
+        pick = lambda q: totals[min(len(totals) - 1, int(round(q * (len(totals) - 1))))]  # noqa: E731
+        return {"p50": pick(0.5), "p95": pick(0.95), "from": "results"}
+
+    def to_dict(self, now: float, stale_after_s: float) -> dict:
+        last_minute = sum(1 for received, _ in self.recent if received >= now - 60)
+        stale = (self.state == "online" and self.last_heartbeat is not None
+                 and now - self.last_heartbeat > stale_after_s)
+        heartbeat = self.heartbeat or {}
+        return {
+            "key": self.key, "site": self.site, "device": self.device, "state": self.state,
+            "stale": stale, "state_since": self.state_since, "reason": self.reason,
+            "model": self.model, "model_label": self.model_label, "sources": self.sources,
+            "medge_version": self.medge_version, "last_heartbeat": self.last_heartbeat,
+            "heartbeat_age_s": None if self.last_heartbeat is None else max(0.0, now - self.last_heartbeat),
+            "uptime_s": heartbeat.get("uptime_s"), "counters": heartbeat.get("counters"),
+            "results": self.results, "positives": self.positives, "errors": self.errors,
+            "per_minute": last_minute, "latency_ms": self.latency(), "last_result": self.last_result,
+            "threshold": self.threshold, "score_bins": list(self.score_bins),
+        }
+
+
+def result_row(event: Event) -> dict:
+    p = event.payload
+    model = p.get("model") or {}
+    return {
+        "id": event.id, "received": event.received, "ts": p.get("ts"), "site": event.site,
+        "device": event.device, "source": p.get("source"), "status": p.get("status"),
+        "class": p.get("class"), "score": p.get("score"), "threshold": p.get("threshold"),
+        "positive": bool(p.get("positive")), "reason": p.get("reason"),
+        "model": f"{model.get('name', '?')} {model.get('version', '?')}", "input_ref": p.get("input_ref"),
+        "total_ms": (p.get("timing_ms") or {}).get("total"),
+    }
+
+
+def error_row(event: Event) -> dict:
+    p = event.payload or {}
+    return {
+        "id": event.id, "received": event.received, "ts": p.get("ts"), "site": event.site,
+        "device": event.device, "level": p.get("level", "error"),
+        "kind": p.get("kind", "invalid_payload" if event.kind == INVALID else "?"),
+        "message": p.get("message") or event.problem, "source": p.get("source"),
+        "input_ref": p.get("input_ref"), "invalid": event.kind == INVALID, "topic": event.topic,
+        "raw": event.raw,
+    }
+
+
+class DashboardState:
+    def __init__(self, rules: AlertRules | None = None, max_results: int = 500, max_errors: int = 200,
+                 max_alerts: int = 100, stale_after_s: float = 90.0, remembered_ids: int = 100_000):
+        self.rules = rules or AlertRules()
+        self.stale_after_s = stale_after_s
+        self.devices: dict[str, DeviceState] = {}
+        self.results: deque = deque(maxlen=max_results)
+        self.errors: deque = deque(maxlen=max_errors)
+        self.alerts: deque = deque(maxlen=max_alerts)
+        self.per_minute: Counter = Counter()  # minute -> results; positives under (minute, "+")
+        self.totals = Counter()
+        self.broker = {"connected": False, "url": None, "since": None, "message": None}
+        self._seen: OrderedDict = OrderedDict()
+        self._remembered_ids = remembered_ids
+        self._lock = threading.RLock()
+
+    def device(self, site: str, device: str) -> DeviceState:
+        key = f"{site}/{device}"
+        if key not in self.devices:
+            self.devices[key] = DeviceState(site, device)
+        return self.devices[key]
+
+    def is_duplicate(self, event: Event) -> bool:
+        with self._lock:
+            return event.id in self._seen
+
+    def apply(self, event: Event) -> list[tuple[str, dict]] | None:
+        """Fold `event` in. Returns [(kind, row)] for live views, or None for a duplicate."""
+        with self._lock:
+            if event.id in self._seen:
+                return None
+            self._seen[event.id] = None
+            if len(self._seen) > self._remembered_ids:
+                self._seen.popitem(last=False)
+            known_device = event.site != "?"
+            dev = self.device(event.site, event.device) if known_device else None
+            previous_state = dev.state if dev else None
+            changes: list[tuple[str, dict]] = []
+            if event.kind == "result":
+                changes.append(("result", self._apply_result(dev, event)))
+            elif event.kind == "status":
+                self._apply_status(dev, event)
+            elif event.kind == "heartbeat":
+                dev.last_heartbeat = event.received
+                dev.heartbeat = event.payload
+                if dev.state == "unknown":  # heartbeats only come from a running device
+                    dev.state, dev.state_since = "online", event.received
+            else:  # error events and invalid payloads
+                row = error_row(event)
+                self.errors.append(row)
+                self.totals["invalid" if event.kind == INVALID else "errors"] += 1
+                if dev:
+                    dev.errors += 1
+                changes.append(("error_entry", row))
+            for alert in self.rules.check(event, previous_state):
+                self.alerts.append(alert)
+                changes.append(("alert", alert))
+            return changes
+
+    def _apply_result(self, dev: DeviceState, event: Event) -> dict:
+        row = result_row(event)
+        p = event.payload
+        self.results.append(row)
+        dev.results += 1
+        dev.last_result = row
+        dev.recent.append((event.received, row["total_ms"]))
+        if p.get("model") and not dev.model:
+            dev.model = p["model"]
+        if "threshold" in p:
+            dev.threshold = p["threshold"]
+        if row["score"] is not None:
+            dev.score_bins[min(SCORE_BINS - 1, int(row["score"] * SCORE_BINS))] += 1
+        minute = int(event.received // 60)
+        self.per_minute[minute] += 1
+        self.totals["results"] += 1
+        if row["positive"]:
+            dev.positives += 1
+            self.per_minute[(minute, "+")] += 1
+            self.totals["positives"] += 1
+        if dev.state == "unknown":
+            dev.state, dev.state_since = "online", event.received
+        return row
+
+    def _apply_status(self, dev: DeviceState, event: Event) -> None:
+        p = event.payload
+        if p["state"] != dev.state:
+            dev.state_since = event.received
+        dev.state = p["state"]
+        dev.reason = p.get("reason")
+        dev.model = p.get("model") or dev.model
+        dev.sources = p.get("sources") or dev.sources
+        dev.medge_version = p.get("medge_version") or dev.medge_version
+
+    def set_broker(self, connected: bool, url: str | None = None, message: str | None = None) -> None:
+        with self._lock:
+            self.broker = {"connected": connected, "url": url or self.broker["url"], "since": time.time(),
+                           "message": message}
+
+    def versions(self) -> dict:
+        """Which model versions run where; `mismatch` when devices disagree."""
+        by_label: dict[str, list[str]] = {}
+        for dev in self.devices.values():
+            if dev.model_label:
+                by_label.setdefault(dev.model_label, []).append(dev.key)
+        majority = max(by_label, key=lambda label: len(by_label[label]), default=None)
+        return {"by_version": by_label, "mismatch": len(by_label) > 1, "majority": majority}
+
+    def summary(self, now: float | None = None) -> dict:
+        """Everything but the feeds: devices, versions, counters, charts, broker."""
+        now = time.time() if now is None else now
+        with self._lock:
+            versions = self.versions()
+            devices = []
+            for dev in sorted(self.devices.values(), key=lambda d: d.key):
+                row = dev.to_dict(now, self.stale_after_s)
+                row["version_mismatch"] = bool(versions["mismatch"] and dev.model_label
+                                               and dev.model_label != versions["majority"])
+                devices.append(row)
+            current = int(now // 60)
+            for key in [k for k in self.per_minute if (k[0] if isinstance(k, tuple) else k) <= current - CHART_MINUTES]:
+                del self.per_minute[key]
+            minutes = [{"minute": m * 60, "results": self.per_minute.get(m, 0),
+                        "positives": self.per_minute.get((m, "+"), 0)}
+                       for m in range(current - CHART_MINUTES + 1, current + 1)]
+            totals = dict(self.totals)
+            totals["devices"] = len(devices)
+            totals["online"] = sum(1 for d in devices if d["state"] == "online")
+            return {"now": now, "devices": devices, "versions": versions, "totals": totals,
+                    "per_minute": minutes, "broker": dict(self.broker), "stale_after_s": self.stale_after_s}
+
+    def snapshot(self, now: float | None = None) -> dict:
+        with self._lock:
+            data = self.summary(now)
+            data.update(results=list(self.results), errors=list(self.errors), alerts=list(self.alerts))
+            return data

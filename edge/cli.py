@@ -1,0 +1,107 @@
+"""`medge bundle verify` and `medge predict`: the device-side commands (no TensorFlow)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from .bundle import SIGNATURE_NAME, load_bundle
+from .errors import InputError, MedgeError
+from .preprocess import DEFAULT_MAX_PIXELS, decode_image
+from .runtime import RUNTIMES
+
+
+@click.group("bundle")
+def bundle_group():
+    """Inspect and verify model bundles."""
+
+
+@bundle_group.command("verify")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--public-key", type=click.Path(path_type=Path), help="Ed25519 public key (PEM): the signature must be valid.")
+@click.option("--require-signature", is_flag=True, help="Fail when the bundle is unsigned.")
+def verify_command(bundle, public_key, require_signature):
+    """Check every file's sha256 (and the signature, with --public-key). Exit 1 on any mismatch."""
+    loaded = load_bundle(bundle, public_key=public_key, require_signature=require_signature)
+    files = loaded.manifest["files"]
+    if loaded.signed_by:
+        signature = f"valid, key {loaded.signed_by}"
+    elif (loaded.path / SIGNATURE_NAME).exists():
+        signature = "present, not checked (pass --public-key)"
+    else:
+        signature = "unsigned"
+    artifacts = ", ".join(f"{a.format} ({a.file.name})" for a in loaded.artifacts)
+    click.echo(f"OK {loaded.path}: {loaded.name} {loaded.version}, {len(files)} files match their sha256; "
+               f"signature: {signature}")
+    click.echo(f"   models: {artifacts}; classes: {', '.join(loaded.classes)}"
+               + (f"; threshold {loaded.threshold:.4f}" if loaded.threshold is not None else ""))
+
+
+@click.command("predict")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--runtime", type=click.Choice(("auto",) + RUNTIMES), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(1), help="Inference threads [default: the runtime's].")
+@click.option("--format", "format_name", help="Which model of the bundle, e.g. onnx-int8 [default: its first].")
+@click.option("--public-key", type=click.Path(path_type=Path), help="Refuse the bundle unless signed with this key.")
+@click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse larger images before decoding.")
+def predict_command(bundle, images, runtime, threads, format_name, public_key, max_pixels):
+    """Classify IMAGE files (JPEG, PNG, 16-bit PNG, DICOM) with BUNDLE: one JSON line per image.
+
+    Uses the same code as the edge daemon, so the result equals what it publishes. An image
+    that cannot be read gives a line with "status": "error" and exit code 1 at the end.
+
+    \b
+    Example:
+      medge predict bundles/pneumonia scans/*.dcm | jq .class
+    """
+    from .classify import Classifier
+
+    loaded = load_bundle(bundle, public_key=public_key)
+    classifier = Classifier(loaded, runtime=None if runtime == "auto" else runtime, threads=threads, format=format_name)
+    failed = 0
+    for image in images:
+        try:
+            line = predict_line(classifier, image, max_pixels)
+        except MedgeError as error:
+            failed += 1
+            line = {"file": str(image), "status": "error", "error": str(error)}
+            click.echo(f"Error: {error}", err=True)
+        click.echo(json.dumps(line))
+    if failed:
+        raise InputError(f"{failed} of {len(images)} image(s) could not be classified")
+
+
+def predict_line(classifier, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """One image's JSON record (first frame of multi-frame DICOM)."""
+    started = time.perf_counter()
+    decoded = decode_image(path, max_pixels=max_pixels)
+    decode_ms = (time.perf_counter() - started) * 1000.0
+    bundle, artifact = classifier.bundle, classifier.artifact
+    line = {
+        "file": str(path),
+        "model": {"name": bundle.name, "version": bundle.version, "sha256": artifact.sha256, "format": artifact.format},
+        "runtime": classifier.runtime_name,
+    }
+    if len(decoded.frames) > 1:
+        line["frame"] = {"policy": "first", "index": 0, "count": len(decoded.frames)}
+    if decoded.kind == "dicom":
+        line["dicom"] = {"modality": decoded.modality, "body_part": decoded.body_part}
+    reason = bundle.not_applicable_reason(decoded.modality, decoded.body_part)
+    if reason:
+        return {**line, "status": "not_applicable", "reason": reason}
+    result = classifier.classify(decoded.pixels)
+    timing = {"decode": round(decode_ms, 3), **result.timing_ms}
+    timing["total"] = round((time.perf_counter() - started) * 1000.0, 3)
+    return {**line, "status": "classified", "class": result.label, "score": result.score,
+            "threshold": result.threshold, "positive": result.positive, "probabilities": result.probabilities,
+            "timing_ms": timing, "disclaimer": _disclaimer()}
+
+
+def _disclaimer() -> str:
+    from medge import DISCLAIMER
+
+    return DISCLAIMER

@@ -1,0 +1,163 @@
+"""`medge edge run`: sources -> worker -> durable outbox -> MQTT publisher, until signalled.
+
+Threads: each source runs its own (watch loop, DICOM server, camera grabber), one worker
+classifies inputs in arrival order, paho's network loop plus one publisher thread move the
+outbox to the broker, and the main thread sends heartbeats and waits for SIGTERM/SIGINT.
+Shutdown order is what loses nothing: stop taking input, finish what was handed over
+(results land in the outbox), give the broker a moment to acknowledge, publish `offline`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import threading
+import time
+
+from . import sd_notify
+from .config import EdgeConfig
+from .errors import ConfigError
+from .outbox import Outbox
+from .payloads import encode, heartbeat_payload, status_payload
+from .pseudonym import Pseudonymizer, load_or_create_key
+from .sources import build_sources
+
+log = logging.getLogger("medge.edge.daemon")
+
+DRAIN_S = 5.0  # how long a clean shutdown waits for the broker to acknowledge what is stored
+
+
+def rss_mb() -> float:
+    """Current resident set size (not the peak), from /proc where there is one."""
+    try:
+        with open("/proc/self/statm") as handle:
+            pages = int(handle.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+
+
+def model_info(bundle, artifact) -> dict:
+    return {"name": str(bundle.name), "version": str(bundle.version), "sha256": artifact.sha256,
+            "format": artifact.format}
+
+
+class EdgeDaemon:
+    def __init__(self, config: EdgeConfig, classifier=None):
+        from .bundle import load_bundle
+        from .classify import Classifier
+
+        if config.bundle is None:
+            raise ConfigError("bundle: no model bundle given (medge edge run BUNDLE, or bundle = ... in the config)")
+        self.config = config
+        self.worker = None
+        self.sources = build_sources(config, on_event=self._source_event)
+        if not self.sources:
+            raise ConfigError("watch.dir: no input source is configured (set watch.dir, dicom.port or camera.src)")
+        if classifier is None:
+            bundle = load_bundle(config.bundle)
+            classifier = Classifier(bundle, runtime=config.runtime.runtime, threads=config.runtime.threads)
+        self.classifier = classifier
+        self.bundle = classifier.bundle
+        self.model = model_info(self.bundle, classifier.artifact)
+        self.stop_event = threading.Event()
+        self.started = time.monotonic()
+        self.outbox: Outbox | None = None
+        self.publisher = None
+
+    def _source_event(self, level: str, kind: str, message: str) -> None:
+        if self.worker is None:
+            log.warning("%s: %s", kind, message)
+        else:
+            self.worker.event(level, kind, message)
+
+    def _status(self, state: str, reason: str | None) -> dict:
+        return status_payload(state=state, site=self.config.site, device=self.config.device, model=self.model,
+                              sources=[source.name for source in self.sources], reason=reason)
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> int:
+        from .comms import Publisher
+        from .worker import Worker
+
+        config = self.config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(config.outbox_path, config.state.outbox_max)
+        pseudonymizer = Pseudonymizer(load_or_create_key(config.pseudonym_key_path))
+        self.publisher = Publisher(config, self.outbox, self._status)
+        self.worker = Worker(classifier=self.classifier, bundle=self.bundle, outbox=self.outbox,
+                             pseudonymizer=pseudonymizer, config=config, model=self.model,
+                             notify=self.publisher.notify)
+        stored = self.outbox.count()
+        if stored:
+            log.info("%d messages from before the last stop wait in the outbox; they are delivered first", stored)
+        self._install_signal_handlers()
+        log.info("model %s %s (%s, %s runtime), site %s, device %s", self.model["name"], self.model["version"],
+                 self.model["format"], self.classifier.runtime_name, config.site, config.device)
+        self.publisher.start()
+        self.worker.start()
+        for source in self.sources:
+            source.start(self.worker.submit)
+        sd_notify.ready(f"sources: {', '.join(source.name for source in self.sources)}")
+        try:
+            self._main_loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # embedded (tests, benchmarks): the caller calls stop()
+
+        def handle(signum, frame):
+            log.info("%s received: finishing in-flight work", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _main_loop(self) -> None:
+        heartbeat_s = self.config.mqtt.heartbeat_s
+        watchdog_s = sd_notify.watchdog_interval()
+        tick = min(heartbeat_s, watchdog_s or heartbeat_s, 1.0)
+        next_heartbeat = time.monotonic() + min(heartbeat_s, 1.0)
+        while not self.stop_event.wait(tick):
+            sd_notify.watchdog()
+            if time.monotonic() >= next_heartbeat:
+                next_heartbeat = time.monotonic() + heartbeat_s
+                self.publisher.publish_now(self.config.topic("heartbeat"), encode(self.heartbeat()))
+
+    def heartbeat(self) -> dict:
+        stats = self.worker.stats
+        counters = {
+            "processed": stats.processed,
+            "rejected": stats.rejected,
+            "not_applicable": stats.not_applicable,
+            "queued": self.outbox.count("result"),
+            "errors_queued": self.outbox.count("error"),
+            "published": self.publisher.published,
+            "dropped": self.outbox.dropped,
+        }
+        return heartbeat_payload(site=self.config.site, device=self.config.device,
+                                 uptime_s=time.monotonic() - self.started, counters=counters,
+                                 latency_ms=stats.latency_ms(),
+                                 sources={source.name: source.health() for source in self.sources},
+                                 model=dict(self.model, runtime=self.classifier.runtime_name), rss_mb=rss_mb())
+
+    def _shutdown(self) -> None:
+        sd_notify.stopping()
+        for source in reversed(self.sources):
+            try:
+                source.stop()
+            except Exception:
+                log.exception("source %s did not stop cleanly", source.name)
+        self.worker.stop()
+        if self.publisher.connected and not self.publisher.drain(DRAIN_S):
+            log.info("%d messages stay in the outbox for the next start", self.outbox.count())
+        self.publisher.stop()
+        self.outbox.close()
+        log.info("stopped")

@@ -1,0 +1,107 @@
+"""Builders of the MQTT payloads, one per schema in edge/schemas (result, status, heartbeat,
+error). They take only non-identifying values: the input is named by its pseudonymous
+reference, DICOM contributes modality and body part, and no pixel ever leaves the device.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timezone
+
+from medge import DISCLAIMER, __version__
+
+RESULT_SCHEMA = "medge.result/1"
+STATUS_SCHEMA = "medge.status/1"
+HEARTBEAT_SCHEMA = "medge.heartbeat/1"
+ERROR_SCHEMA = "medge.error/1"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode(payload: dict) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), sort_keys=False).encode("utf-8")
+
+
+def _round(value: float, digits: int = 6) -> float:
+    return round(float(value), digits)
+
+
+def result_payload(*, site: str, device: str, source: str, input_ref: str, model: dict,
+                   classification=None, not_applicable_reason: str | None = None,
+                   timing_ms: dict, frame: dict | None = None, modality: str | None = None,
+                   body_part: str | None = None, is_dicom: bool = False) -> dict:
+    """A medge.result/1 payload: a classification, or status not_applicable with a reason."""
+    payload = {
+        "schema": RESULT_SCHEMA,
+        "id": new_id(),
+        "ts": utc_now(),
+        "site": site,
+        "device": device,
+        "source": source,
+        "input_ref": input_ref,
+        "model": model,
+    }
+    if classification is None:
+        payload["status"] = "not_applicable"
+        payload["reason"] = not_applicable_reason or "outside the model's declared applicability"
+    else:
+        payload["status"] = "classified"
+        payload["class"] = str(classification.label)
+        payload["score"] = _round(classification.score)
+        payload["threshold"] = _round(classification.threshold)
+        payload["positive"] = bool(classification.positive)
+        payload["probabilities"] = {str(name): _round(min(max(p, 0.0), 1.0))
+                                    for name, p in classification.probabilities.items()}
+    payload["timing_ms"] = {key: round(float(value), 3) for key, value in timing_ms.items()}
+    if frame is not None:
+        payload["frame"] = frame
+    if is_dicom:
+        payload["dicom"] = {"modality": modality, "body_part": body_part}
+    payload["disclaimer"] = DISCLAIMER
+    return payload
+
+
+def status_payload(*, state: str, site: str, device: str, model: dict | None = None,
+                   sources: list[str] | None = None, reason: str | None = None) -> dict:
+    payload = {"schema": STATUS_SCHEMA, "state": state, "ts": utc_now(), "site": site, "device": device,
+               "medge_version": __version__}
+    if reason:
+        payload["reason"] = reason
+    if model is not None:
+        payload["model"] = model
+    if sources is not None:
+        payload["sources"] = list(sources)
+    return payload
+
+
+def heartbeat_payload(*, site: str, device: str, uptime_s: float, counters: dict, latency_ms: dict,
+                      sources: dict | None = None, model: dict | None = None,
+                      rss_mb: float | None = None) -> dict:
+    payload = {"schema": HEARTBEAT_SCHEMA, "ts": utc_now(), "site": site, "device": device,
+               "uptime_s": round(max(uptime_s, 0.0), 3),
+               "counters": {key: int(value) for key, value in counters.items()},
+               "latency_ms": latency_ms}
+    if sources is not None:
+        payload["sources"] = sources
+    if model is not None:
+        payload["model"] = model
+    if rss_mb is not None:
+        payload["rss_mb"] = round(rss_mb, 1)
+    return payload
+
+
+def error_payload(*, site: str, device: str, kind: str, message: str, level: str = "error",
+                  source: str | None = None, input_ref: str | None = None) -> dict:
+    payload = {"schema": ERROR_SCHEMA, "id": new_id(), "ts": utc_now(), "site": site, "device": device,
+               "level": level, "kind": kind, "message": message}
+    if source:
+        payload["source"] = source
+    if input_ref:
+        payload["input_ref"] = input_ref
+    return payload

@@ -1,0 +1,214 @@
+"""`medge convert`: every format round-trips through the edge runtime, the gate stops bad models."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from medge.convert.calibration import stratified_indices
+from medge.convert.formats import FORMATS, parse_formats
+from medge.convert.metadata import read_metadata
+from medge.edge.bundle import MANIFEST_NAME, REPORT_NAME, load_bundle
+from medge.edge.errors import BundleError, InputError
+from medge.edge.runtime import create_predictor
+from medge.edge.schemas import load_schema
+from medge.main import cli
+from tests.fixtures.bundles import FIXTURE_LIMITS, convert_run
+
+# Loose enough for the seconds-trained fixture model (see tests/fixtures/bundles.py).
+LIMIT_FLAGS = ["--max-auc-drop", FIXTURE_LIMITS["max_auc_drop"], "--max-sensitivity-drop",
+               FIXTURE_LIMITS["max_sensitivity_drop"], "--min-agreement", FIXTURE_LIMITS["min_agreement"]]
+# Largest |probability difference| to the float Keras model each format may show on test images.
+TOLERANCE = {"tflite-f32": 1e-4, "onnx-f32": 1e-4, "tflite-f16": 5e-3, "tflite-dynamic": 0.05,
+             "tflite-int8": 0.05, "onnx-int8": 0.05}
+
+
+def convert_cli(*args):
+    return CliRunner().invoke(cli, ["convert", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def test_split(trained_run):
+    from medge.train.run import load_run
+
+    run = load_run(trained_run)
+    split = run.load_dataset().splits["test"]
+    reference = np.asarray(run.load_model()(split.x[:128], training=False))[:, 0]
+    return split.x[:128], reference
+
+
+@pytest.mark.parametrize("format_name", list(FORMATS))
+def test_each_format_round_trips_through_the_edge_runtime(all_formats_bundle, test_split, format_name):
+    bundle = load_bundle(all_formats_bundle)
+    artifact = bundle.artifact(format_name)
+    assert artifact.file.name == FORMATS[format_name].file
+    predictor = create_predictor(artifact)
+    assert predictor.runtime_name == FORMATS[format_name].runtime
+    x, reference = test_split
+    scores = predictor.predict(x)[:, 1]
+    assert np.max(np.abs(scores - reference)) <= TOLERANCE[format_name]
+    if format_name == "tflite-int8":
+        assert artifact.input.dtype == "int8" and artifact.output.dtype == "int8"
+    # Full-integer files end at the logits; the runtime applies the sigmoid (see convert/head.py).
+    assert artifact.output.activation == ("sigmoid" if FORMATS[format_name].calibrated else None)
+    # A bare file (no manifest) is read the same way, from the metadata embedded in it.
+    assert np.array_equal(create_predictor(artifact.file).predict(x), predictor.predict(x))
+    # The medge.json essentials travel inside the model file too.
+    metadata = read_metadata(artifact.file)
+    assert metadata["format"] == format_name
+    assert metadata["classes"] == bundle.classes and metadata["threshold"] == bundle.threshold
+    assert metadata["preprocessing"] == bundle.spec.to_dict()
+    assert metadata["model"]["name"] == bundle.name
+
+
+def test_report_has_every_gate_figure_per_artifact(all_formats_bundle):
+    report = json.loads((all_formats_bundle / REPORT_NAME).read_text())
+    jsonschema.validate(json.loads((all_formats_bundle / MANIFEST_NAME).read_text()), load_schema("bundle"))
+    assert report["passed"] and report["n_images"] > 100 and report["data"] == "run test split"
+    assert {"auc", "accuracy", "sensitivity", "specificity"} <= set(report["reference"])
+    records = {record["format"]: record for record in report["artifacts"]}
+    assert list(records) == list(FORMATS)
+    for record in records.values():
+        for key in ("auc", "auc_delta", "accuracy", "sensitivity", "specificity", "agreement",
+                    "max_abs_score_diff", "mean_abs_score_diff", "size_bytes", "conversion_s"):
+            assert isinstance(record[key], (int, float)), key
+        assert set(record["latency_ms"]) == {"threads_1", "threads_2"}
+        assert all(value > 0 for value in record["latency_ms"].values())
+        assert record["passed"] and not record["failures"]
+    assert records["tflite-f32"]["agreement"] == 1.0 and abs(records["tflite-f32"]["auc_delta"]) < 1e-4
+    assert records["tflite-int8"]["size_bytes"] < 0.5 * records["tflite-f32"]["size_bytes"]
+    assert (all_formats_bundle / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = cv2.imread(str(all_formats_bundle / "comparison.png"))
+    assert image.shape[1] > 800 and image.std() > 10  # a real figure, not a blank canvas
+
+
+def test_cli_int8_signed_bundle_with_scope_then_verify(trained_run, tmp_path):
+    keys = CliRunner().invoke(cli, ["keys", "generate", str(tmp_path / "site")])
+    assert keys.exit_code == 0, keys.output
+    out = tmp_path / "bundle"
+    result = convert_cli(trained_run, "--int8", "--out", out, "--sign-key", tmp_path / "site.key",
+                         "--calibration-samples", 64, "--latency-runs", 2, "--modality", "cr,dx",
+                         "--name", "pneumonia-edge", "--version", "2.1", *LIMIT_FLAGS)
+    assert result.exit_code == 0, result.output
+    assert "tflite-int8" in result.stdout and "PASS" in result.stdout and "bundle written" in result.stdout
+    assert "calibrating tflite-int8" in result.stderr  # progress is shown
+    bundle = load_bundle(out, public_key=tmp_path / "site.pub")
+    assert bundle.signed_by and (bundle.name, bundle.version) == ("pneumonia-edge", "2.1")
+    assert bundle.applicability == {"modalities": ["CR", "DX"], "body_parts": []}
+    assert [a.format for a in bundle.artifacts] == ["tflite-int8"]
+    verify = CliRunner().invoke(cli, ["bundle", "verify", str(out), "--public-key", str(tmp_path / "site.pub")])
+    assert verify.exit_code == 0 and "signature: valid" in verify.output
+
+
+def test_gate_failure_on_a_harmful_calibration_set(trained_run, tmp_path):
+    """Calibrating on black images squeezes the int8 input range to nothing: the model goes blind."""
+    black = tmp_path / "black"
+    for name in ("normal", "pneumonia"):
+        (black / name).mkdir(parents=True)
+        for index in range(4):
+            cv2.imwrite(str(black / name / f"{index}.png"), np.zeros((28, 28), np.uint8))
+    out = tmp_path / "bundle"
+    result = convert_cli(trained_run, "--int8", "--out", out, "--calibration-data", black, "--latency-runs", 1, "-q")
+    assert result.exit_code == 3, result.output
+    assert "accuracy gate failed, no bundle written" in result.stderr
+    assert "tflite-int8: AUC dropped by" in result.stderr and "over --max-auc-drop 0.005 by" in result.stderr
+    assert "FAIL" in result.stdout
+    assert not out.exists()
+    rejected = tmp_path / "bundle.rejected"
+    assert (rejected / REPORT_NAME).is_file() and not (rejected / MANIFEST_NAME).exists()
+    report = json.loads((rejected / REPORT_NAME).read_text())
+    assert report["passed"] is False and report["failures"]
+    with pytest.raises(BundleError, match="medge.json is missing"):
+        load_bundle(rejected)
+
+
+def test_bad_inputs_fail_with_one_line(trained_run, tmp_path):
+    result = convert_cli(tmp_path / "no-such-run", "--int8")
+    assert result.exit_code == 1 and "training run folder not found" in result.output
+    result = convert_cli(trained_run, "--out", tmp_path / "b")
+    assert result.exit_code == 1 and "nothing to convert" in result.output
+    result = convert_cli(trained_run, "--formats", "tflite-int4", "--out", tmp_path / "b")
+    assert result.exit_code == 1 and "unknown format 'tflite-int4'" in result.output
+    (tmp_path / "exists").mkdir()
+    result = convert_cli(trained_run, "--int8", "--out", tmp_path / "exists")
+    assert result.exit_code == 1 and "already exists (use --force" in result.output
+    (tmp_path / "bad.key").write_text("not a key")
+    result = convert_cli(trained_run, "--int8", "--out", tmp_path / "b", "--sign-key", tmp_path / "bad.key")
+    assert result.exit_code == 1 and "not a PEM private key" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_run_without_test_data_is_refused(trained_run, tmp_path):
+    """A run trained with test_split 0 on data without a test split has nothing to gate on."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    archive = np.load(metrics["data"]["path"])
+    np.savez(tmp_path / "no_test.npz", train_images=archive["train_images"][::10],
+             train_labels=archive["train_labels"][::10])
+    metrics["data"].update(path=str(tmp_path / "no_test.npz"), test_split=0.0)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    result = convert_cli(run, "--int8", "--out", tmp_path / "b")
+    assert result.exit_code == 1
+    assert "no test split to gate on" in result.output and "--data" in result.output
+
+
+def test_formats_and_calibration_selection():
+    assert [f.name for f in parse_formats(None, int8=True)] == ["tflite-int8"]
+    assert [f.name for f in parse_formats(None, int8=True, onnx=True)] == ["tflite-int8", "onnx-int8"]
+    assert [f.name for f in parse_formats("onnx-int8, tflite-f32,onnx-int8")] == ["onnx-int8", "tflite-f32"]
+    with pytest.raises(InputError, match="nothing to convert"):
+        parse_formats(None)
+    labels = np.array([0] * 250 + [1] * 750)
+    chosen = stratified_indices(labels, 100, seed=1)
+    assert len(chosen) == len(set(chosen)) == 100
+    assert np.bincount(labels[chosen]).tolist() == [25, 75]
+    rare = np.array([0] * 998 + [1] * 2)
+    assert 1 in rare[stratified_indices(rare, 10)]  # every class is represented
+
+
+def test_multiclass_run_converts_and_predicts(multiclass_run, tmp_path):
+    from medge.edge.classify import Classifier
+
+    out = convert_run(multiclass_run, tmp_path / "bundle", "tflite-int8")
+    bundle = load_bundle(out)
+    assert bundle.task == "multiclass" and len(bundle.classes) == 3 and bundle.threshold is None
+    classifier = Classifier(bundle)
+    result = classifier.classify(np.full((64, 64), 128, np.uint8))
+    assert result.label in bundle.classes and result.threshold is None
+    assert result.score == max(result.probabilities.values())
+    assert result.positive == (result.label != bundle.classes[0])
+
+
+def test_ensemble_converts_as_one_model(tmp_path):
+    from medge.train.pipeline import train
+
+    from tests.fixtures.models import quick_config
+
+    run = train(quick_config(out=tmp_path / "run", ensemble=2, epochs=1, limit=400, name="ensemble-cnn"))
+    out = convert_run(run, tmp_path / "bundle", "tflite-int8,onnx-f32")
+    bundle = load_bundle(out)
+    assert sorted(p.name for p in out.glob("model*")) == ["model_f32.onnx", "model_int8.tflite"]
+    report = json.loads((out / REPORT_NAME).read_text())
+    onnx_record = next(r for r in report["artifacts"] if r["format"] == "onnx-f32")
+    assert onnx_record["max_abs_score_diff"] < 1e-4  # both members are inside the one file
+    assert bundle.manifest["model"]["arch"] == "cnn"
+
+
+def test_gate_on_other_labelled_data(trained_run, tmp_path):
+    """--data: the gate runs on the user's own labelled images (here a PNG folder tree)."""
+    archive = np.load(json.loads((trained_run / "metrics.json").read_text())["data"]["path"])
+    images, labels = archive["test_images"], archive["test_labels"][:, 0]
+    for label, name in enumerate(("normal", "pneumonia")):
+        (tmp_path / "site" / name).mkdir(parents=True)
+        for index in np.flatnonzero(labels == label)[:30]:
+            cv2.imwrite(str(tmp_path / "site" / name / f"{index}.png"), images[index])
+    out = convert_run(trained_run, tmp_path / "bundle", "tflite-int8", data=tmp_path / "site")
+    report = json.loads((out / REPORT_NAME).read_text())
+    assert report["n_images"] == 60 and report["data"] == str((tmp_path / "site").resolve())
+    assert load_bundle(out).manifest["gate"]["data"] == report["data"]

@@ -1,0 +1,66 @@
+"""`medge monitor`: JSON lines for piping, and the rich terminal view."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+from medge import DISCLAIMER
+from tests.fixtures.dashboard import DeviceProcess, error_payload, result_payload
+
+
+def start_monitor(broker, *args):
+    # COLUMNS: rich lays the tables out for a wide terminal even though stdout is a pipe
+    return subprocess.Popen([sys.executable, "-m", "medge", "monitor", "--broker", broker.url, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+
+
+def test_json_lines_carry_every_event_once(broker, publisher):
+    monitor = start_monitor(broker, "--json")
+    try:
+        assert "connected to" in monitor.stderr.readline()
+        device = DeviceProcess(broker.port, "icu", "xr-1")
+        positive = result_payload("icu", "xr-1", 0.88)
+        publisher.send("result", positive)
+        publisher.send("result", positive)  # duplicate
+        publisher.send("error", error_payload("icu", "xr-1", "not an image: a.txt"))
+        publisher.raw("medge/icu/xr-1/result", b"nope")
+        device.kill()
+        lines = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+                line["kind"] == "alert" and line.get("message", "").startswith("Device")
+                for line in lines):
+            lines.append(json.loads(monitor.stdout.readline()))
+    finally:
+        monitor.terminate()
+        monitor.wait(timeout=10)
+    kinds = [line["kind"] for line in lines]
+    assert kinds.count("result") == 1 and kinds.count("error") == 1 and kinds.count("invalid") == 1
+    assert [line["payload"]["state"] for line in lines if line["kind"] == "status"] == ["online", "offline"]
+    result = next(line for line in lines if line["kind"] == "result")
+    assert result["payload"] == positive and result["topic"] == "medge/icu/xr-1/result"
+    invalid = next(line for line in lines if line["kind"] == "invalid")
+    assert invalid["problem"] == "malformed result payload: not JSON" and invalid["raw"] == "nope"
+    alerts = [line["message"] for line in lines if line["kind"] == "alert"]
+    assert alerts == ["Positive finding: pneumonia (score 0.88 >= threshold 0.50) on icu/xr-1",
+                      "Device icu/xr-1 went offline (connection lost)"]
+
+
+def test_the_terminal_view_shows_devices_results_and_alerts(broker, publisher):
+    device = DeviceProcess(broker.port, "er", "xr-2")  # its retained status reaches a monitor started later
+    monitor = start_monitor(broker, "--duration", "3")
+    try:
+        assert "connected to" in monitor.stderr.readline()
+        publisher.send("result", result_payload("er", "xr-2", 0.95))
+        publisher.send("result", result_payload("er", "xr-2", 0.05))
+        publisher.raw("medge/er/xr-2/error", b"{}")
+        out, _ = monitor.communicate(timeout=30)
+    finally:
+        device.kill()
+    assert monitor.returncode == 0
+    assert DISCLAIMER in " ".join(out.split())
+    for expected in ("er/xr-2", "online", "pneumonia-cnn 1.0.0", "pneumonia", "0.950", "normal", "0.050",
+                     "Positive finding", "malformed error payload", "results 2", "positives 1"):
+        assert expected in out, expected

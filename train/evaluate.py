@@ -1,0 +1,149 @@
+"""Clinical evaluation: AUC with a bootstrap 95% interval, sensitivity, specificity, PPV, NPV, F1,
+confusion matrix; multi-class: per-class one-vs-rest AUC, macro AUC, confusion matrix.
+
+Pure numpy so the same numbers can be computed anywhere (the converter's accuracy gate too).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with tied ranks averaged); None if one class only."""
+    y_true = np.asarray(y_true).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    positives, negatives = int(y_true.sum()), int((~y_true).sum())
+    if positives == 0 or negatives == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # Average rank within each group of tied scores.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(average, counts)
+    return float((ranks[y_true].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every distinct threshold, from (0,0) to (1,1)."""
+    y_true = np.asarray(y_true).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    thresholds = np.unique(scores)[::-1]
+    positives, negatives = max(int(y_true.sum()), 1), max(int((~y_true).sum()), 1)
+    tpr = [0.0] + [float((scores[y_true] >= t).sum()) / positives for t in thresholds]
+    fpr = [0.0] + [float((scores[~y_true] >= t).sum()) / negatives for t in thresholds]
+    return np.asarray(fpr), np.asarray(tpr)
+
+
+def bootstrap_auc_ci(y_true, scores, n: int = 1000, seed: int = 0, level: float = 0.95) -> list[float] | None:
+    """Percentile bootstrap interval of the (binary or macro) AUC, resampling cases."""
+    y_true, scores = np.asarray(y_true), np.asarray(scores)
+    if n <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        index = rng.integers(0, len(y_true), len(y_true))
+        value = _auc_any(y_true[index], scores[index])
+        if value is not None:
+            values.append(value)
+    if len(values) < max(10, n // 10):
+        return None
+    tail = (1.0 - level) / 2.0 * 100.0
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100.0 - tail))]
+
+
+def _auc_any(y_true, probabilities) -> float | None:
+    if probabilities.ndim == 1:
+        return roc_auc(y_true, probabilities)
+    aucs = [roc_auc(y_true == k, probabilities[:, k]) for k in range(probabilities.shape[1])]
+    aucs = [a for a in aucs if a is not None]
+    return float(np.mean(aucs)) if len(aucs) == probabilities.shape[1] else None
+
+
+def confusion_matrix(y_true, y_pred, n_classes: int) -> list[list[int]]:
+    """Rows = true class, columns = predicted class, in class order."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return matrix.tolist()
+
+
+def _ratio(numerator, denominator) -> float | None:
+    return float(numerator) / float(denominator) if denominator else None
+
+
+def binary_metrics(y_true, p_positive, threshold: float, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Clinical figures for P(classes[1]) at the frozen operating threshold."""
+    y_true = np.asarray(y_true).astype(np.int64)
+    p_positive = np.asarray(p_positive, dtype=np.float64).reshape(-1)
+    y_pred = (p_positive >= threshold).astype(np.int64)
+    tp = int(((y_pred == 1) & (y_true == 1)).sum())
+    tn = int(((y_pred == 0) & (y_true == 0)).sum())
+    fp = int(((y_pred == 1) & (y_true == 0)).sum())
+    fn = int(((y_pred == 0) & (y_true == 1)).sum())
+    sensitivity, precision = _ratio(tp, tp + fn), _ratio(tp, tp + fp)
+    f1 = (2 * precision * sensitivity / (precision + sensitivity)
+          if precision is not None and sensitivity is not None and precision + sensitivity > 0 else None)
+    return {
+        "n": int(len(y_true)),
+        "auc": roc_auc(y_true, p_positive),
+        "auc_ci95": bootstrap_auc_ci(y_true, p_positive, n=bootstrap, seed=seed),
+        "accuracy": _ratio(tp + tn, len(y_true)),
+        "sensitivity": sensitivity,
+        "specificity": _ratio(tn, tn + fp),
+        "precision": precision,  # = PPV
+        "npv": _ratio(tn, tn + fn),
+        "f1": f1,
+        "threshold": float(threshold),
+        "tp": tp, "tn": tn, "fp": fp, "fn": fn,
+        "confusion_matrix": confusion_matrix(y_true, y_pred, 2),
+    }
+
+
+def multiclass_metrics(y_true, probabilities, classes: list[str], bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Argmax decisions; per-class one-vs-rest AUC, sensitivity, specificity; macro AUC with CI."""
+    y_true = np.asarray(y_true).astype(np.int64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    y_pred = probabilities.argmax(axis=1)
+    per_class = {}
+    for k, name in enumerate(classes):
+        actual, predicted = y_true == k, y_pred == k
+        tp, fp = int((actual & predicted).sum()), int((~actual & predicted).sum())
+        fn, tn = int((actual & ~predicted).sum()), int((~actual & ~predicted).sum())
+        sensitivity, precision = _ratio(tp, tp + fn), _ratio(tp, tp + fp)
+        per_class[name] = {
+            "auc": roc_auc(actual, probabilities[:, k]),
+            "sensitivity": sensitivity,
+            "specificity": _ratio(tn, tn + fp),
+            "precision": precision,
+            "f1": (2 * precision * sensitivity / (precision + sensitivity)
+                   if precision and sensitivity else (0.0 if precision is not None and sensitivity is not None else None)),
+            "support": int(actual.sum()),
+        }
+    aucs = [m["auc"] for m in per_class.values()]
+    macro = float(np.mean(aucs)) if all(a is not None for a in aucs) else None
+    defined = lambda key: [m[key] for m in per_class.values() if m[key] is not None]  # noqa: E731
+    mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
+    return {
+        "n": int(len(y_true)),
+        "auc": macro,  # macro one-vs-rest AUC
+        "auc_ci95": bootstrap_auc_ci(y_true, probabilities, n=bootstrap, seed=seed),
+        "accuracy": _ratio(int((y_pred == y_true).sum()), len(y_true)),
+        # Macro averages, so the same keys exist for binary and multi-class runs.
+        "sensitivity": mean(defined("sensitivity")),
+        "specificity": mean(defined("specificity")),
+        "precision": mean(defined("precision")),
+        "f1": mean(defined("f1")),
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(y_true, y_pred, len(classes)),
+    }
+
+
+def evaluate_probabilities(y_true, probabilities, classes: list[str], threshold: float,
+                           bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Model outputs (binary: (N,) or (N,1) P(classes[1]); multi-class: (N,K)) -> metrics dict."""
+    probabilities = np.asarray(probabilities)
+    if len(classes) == 2:
+        return binary_metrics(y_true, probabilities.reshape(len(probabilities), -1)[:, -1], threshold, bootstrap, seed)
+    return multiclass_metrics(y_true, probabilities, classes, bootstrap, seed)

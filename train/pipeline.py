@@ -1,0 +1,218 @@
+"""`train(config) -> run folder`: load data, train (one model or an ensemble), choose the threshold
+on validation, evaluate on test, write model.keras, metrics.json, history.json, plots and report.md.
+"""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from medge import __version__
+from medge.edge.errors import InputError
+from medge.edge.preprocess import PreprocessSpec
+
+from .config import TrainConfig
+from .data import Dataset, load_dataset
+from .run import HISTORY_FILE, METRICS_FILE, MODEL_FILE
+
+
+def train(config: TrainConfig, log=None) -> Path:
+    """Train as configured and write the run folder; returns its path."""
+    log = log or (print if config.verbose else (lambda *_: None))
+    started = time.perf_counter()
+    spec = PreprocessSpec(height=config.input_size, width=config.input_size, channels=config.input_channels,
+                          interpolation=config.interpolation, normalization=config.normalization)
+    dataset = load_dataset(config.data, classes=config.classes, spec=spec, val_split=config.val_split,
+                           test_split=config.test_split, seed=config.seed, labels_csv=config.labels_csv)
+    if "train" not in dataset.splits or len(dataset.splits["train"]) == 0:
+        raise InputError(f"{dataset.path}: no training data (a split tree needs a train/ folder)")
+    if "val" not in dataset.splits or len(dataset.splits["val"]) == 0:
+        raise InputError(f"{dataset.path}: no validation data (add a val split or set --val-split > 0)")
+    log(dataset.describe())
+    out = resolve_out(config)
+    out.mkdir(parents=True, exist_ok=True)
+
+    train_split = limit_split(dataset.splits["train"], config.limit, config.seed)
+    members, histories = [], []
+    for member in range(config.ensemble):
+        seed = config.seed + member
+        if config.ensemble > 1:
+            log(f"ensemble member {member + 1}/{config.ensemble} (seed {seed})")
+        model, history = fit_member(config, dataset, train_split, seed, log,
+                                    name=f"member{member}" if config.ensemble > 1 else None)
+        members.append(model)
+        histories.append(history)
+    from .models import build_ensemble
+
+    model = build_ensemble(members, name="ensemble")
+    train_seconds = time.perf_counter() - started
+    model.save(out / MODEL_FILE)
+    (out / HISTORY_FILE).write_text(json.dumps(histories[0] if len(histories) == 1 else {"members": histories}, indent=2))
+
+    from .evaluate import evaluate_probabilities
+    from .thresholds import choose_threshold, parse_policy
+
+    classes = dataset.classes
+    val = dataset.splits["val"]
+    val_probabilities = predict(model, val.x)
+    if dataset.task == "binary":
+        policy = str(parse_policy(config.threshold_policy))
+        threshold = choose_threshold(policy, val.y, val_probabilities[:, 0])
+    else:
+        policy, threshold = "argmax", 0.5  # multi-class decides by argmax; threshold unused
+    metrics = {
+        "medge_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "classes": classes,
+        "task": dataset.task,
+        "positive_class": classes[1] if dataset.task == "binary" else None,
+        "threshold": threshold,
+        "threshold_policy": policy,
+        "preprocessing": spec.to_dict(),
+        "data": dataset.to_dict(),
+        "model": {"name": config.name or default_name(dataset), "version": str(config.version),
+                  "arch": config.arch, "params": int(model.count_params()), "ensemble": config.ensemble,
+                  "input_shape": list(spec.input_shape),
+                  "output": "sigmoid P(positive_class)" if dataset.task == "binary" else "softmax in class order"},
+        "training": {"seconds": round(train_seconds, 1), "train_samples": len(train_split),
+                     "epochs_run": [len(h.get("loss", [])) for h in histories],
+                     "best_epoch": [best_epoch(h) for h in histories], "config": config.to_dict()},
+        "val": evaluate_probabilities(val.y, val_probabilities, classes, threshold, config.bootstrap, config.seed),
+    }
+    test_probabilities = None
+    if "test" in dataset.splits and len(dataset.splits["test"]):
+        test = dataset.splits["test"]
+        test_probabilities = predict(model, test.x)
+        metrics["test"] = evaluate_probabilities(test.y, test_probabilities, classes, threshold,
+                                                 config.bootstrap, config.seed)
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+
+    from .plots import write_plots
+    from .report import write_report
+
+    plots = write_plots(out, histories, dataset, metrics, test_probabilities)
+    write_report(out, metrics, plots)
+    log(summary_line(metrics, out))
+    return out
+
+
+def fit_member(config: TrainConfig, dataset: Dataset, train_split, seed: int, log, name=None):
+    import keras
+
+    from .augment import augmentation_layers, make_dataset
+    from .models import build_model, compile_model
+
+    keras.utils.set_random_seed(seed)
+    n_classes = len(dataset.classes)
+    model = build_model(dataset.spec.input_shape, n_classes, config, name=name)
+    compile_model(model, n_classes, config.learning_rate)
+    x_train = train_split.x
+    value_range = (float(x_train.min()), float(x_train.max())) if len(x_train) else (0.0, 1.0)
+    augmentation = augmentation_layers(config.augment, value_range, seed)
+    weights = sample_weights(train_split.y, n_classes) if config.class_weight == "auto" else np.ones(len(train_split.y), np.float32)
+    train_data = make_dataset(x_train, (targets(train_split.y, n_classes), weights), config.batch_size,
+                              shuffle=True, seed=seed, augmentation=augmentation)
+    val = dataset.splits["val"]
+    val_data = make_dataset(val.x, targets(val.y, n_classes), config.batch_size)
+    callbacks = [
+        # Restores the best validation-AUC epoch at the end: model.keras is the best checkpoint.
+        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=config.patience,
+                                      restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.5,
+                                          patience=max(2, config.patience // 3), min_lr=1e-5),
+        EpochLog(config.epochs, log),
+    ]
+    result = model.fit(_unpack_weights(train_data), validation_data=val_data, epochs=config.epochs, shuffle=False,
+                       callbacks=callbacks, verbose=0)
+    history = {key: [float(v) for v in values] for key, values in result.history.items()}
+    return model, history
+
+
+def _unpack_weights(data):
+    # (x, (y, w)) -> (x, y, w), the triple Keras reads as sample weights.
+    return data.map(lambda x, yw: (x, yw[0], yw[1]))
+
+
+def targets(y: np.ndarray, n_classes: int) -> np.ndarray:
+    if n_classes == 2:
+        return y.astype(np.float32).reshape(-1, 1)
+    return np.eye(n_classes, dtype=np.float32)[y]
+
+
+def sample_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Balanced class weights (n / (K * count)), so a rare class counts as much as a common one."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    per_class = len(y) / (n_classes * np.maximum(counts, 1))
+    return per_class[y].astype(np.float32)
+
+
+def limit_split(split, limit: int | None, seed: int):
+    """At most `limit` training samples, stratified (keeps every class) and seeded."""
+    if not limit or limit >= len(split):
+        return split
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(split.y):
+        members = np.flatnonzero(split.y == label)
+        share = max(1, int(round(limit * len(members) / len(split))))
+        chosen.extend(rng.choice(members, size=min(share, len(members)), replace=False))
+    return split.subset(np.sort(np.asarray(chosen)))
+
+
+def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Probabilities: binary (N, 1) = P(classes[1]); multi-class (N, K)."""
+    if len(x) == 0:
+        return np.zeros((0,) + tuple(model.outputs[0].shape[1:]), dtype=np.float32)
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+
+
+def best_epoch(history: dict) -> int | None:
+    values = history.get("val_auc")
+    return int(np.argmax(values)) + 1 if values else None
+
+
+def resolve_out(config: TrainConfig) -> Path:
+    if config.out is not None:
+        return Path(config.out).expanduser().resolve()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return (Path("runs") / (config.name or stamp)).resolve()
+
+
+def default_name(dataset: Dataset) -> str:
+    stem = dataset.path.stem if dataset.path.is_file() else dataset.path.name
+    return stem.replace(" ", "_") or "model"
+
+
+def summary_line(metrics: dict, out: Path) -> str:
+    test = metrics.get("test") or metrics["val"]
+    which = "test" if "test" in metrics else "val"
+    ci = test.get("auc_ci95")
+    auc = f"{test['auc']:.3f}" if test.get("auc") is not None else "n/a"
+    ci_text = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+    return (f"{which}: AUC {auc}{ci_text}, accuracy {test['accuracy']:.3f}, "
+            f"sensitivity {fmt(test.get('sensitivity'))}, specificity {fmt(test.get('specificity'))} "
+            f"at threshold {metrics['threshold']:.3f} ({metrics['threshold_policy']})\nrun folder: {out}")
+
+
+def fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def EpochLog(epochs: int, log):  # noqa: N802 - a factory so keras is imported lazily
+    import keras
+
+    class _EpochLog(keras.callbacks.Callback):
+        """One line per epoch: losses, AUCs, time."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            parts = [f"{key} {logs[key]:.4f}" for key in ("loss", "auc", "val_loss", "val_auc") if key in logs]
+            log(f"epoch {epoch + 1}/{epochs}  " + "  ".join(parts) + f"  ({time.perf_counter() - self.started:.1f}s)")
+
+    return _EpochLog()

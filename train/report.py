@@ -1,0 +1,71 @@
+"""report.md: a short human-readable summary of a run (or a re-evaluation) with its plots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from medge import DISCLAIMER
+
+from .run import REPORT_FILE
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def metrics_table(split: dict, classes: list[str]) -> list[str]:
+    ci = split.get("auc_ci95")
+    rows = [
+        "| metric | value |", "|---|---|",
+        f"| AUC{' (macro)' if len(classes) > 2 else ''} | {_fmt(split.get('auc'))}"
+        + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "") + " |",
+        f"| accuracy | {_fmt(split.get('accuracy'))} |",
+        f"| sensitivity{' (macro)' if len(classes) > 2 else ''} | {_fmt(split.get('sensitivity'))} |",
+        f"| specificity{' (macro)' if len(classes) > 2 else ''} | {_fmt(split.get('specificity'))} |",
+        f"| precision (PPV) | {_fmt(split.get('precision'))} |",
+        f"| F1 | {_fmt(split.get('f1'))} |",
+        f"| images | {split.get('n')} |",
+    ]
+    matrix = split.get("confusion_matrix")
+    if matrix:
+        rows += ["", "Confusion matrix (rows true, columns predicted):", "",
+                 "| true \\ predicted | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+        rows += [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(classes, matrix)]
+    if split.get("per_class"):
+        rows += ["", "| class | AUC | sensitivity | specificity | support |", "|---|---|---|---|---|"]
+        rows += [f"| {name} | {_fmt(m['auc'])} | {_fmt(m['sensitivity'])} | {_fmt(m['specificity'])} | {m['support']} |"
+                 for name, m in split["per_class"].items()]
+    return rows
+
+
+def write_report(out: Path, metrics: dict, plots: dict[str, str], title: str | None = None,
+                 file_name: str = REPORT_FILE) -> Path:
+    classes = metrics["classes"]
+    model = metrics.get("model", {})
+    data = metrics.get("data", {})
+    lines = [
+        f"# {title or 'medge training report'}: {model.get('name', '')} v{model.get('version', '')}",
+        "",
+        f"> **{DISCLAIMER}** Research and engineering use only; this model is not a medical device.",
+        "",
+        f"- task: {metrics['task']}, classes: {', '.join(classes)}"
+        + (f", positive class: {metrics['positive_class']}" if metrics.get("positive_class") else ""),
+        f"- architecture: {model.get('arch')} ({model.get('params')} parameters"
+        + (f", ensemble of {model['ensemble']}" if model.get("ensemble", 1) > 1 else "") + ")",
+        f"- data: {data.get('path')} ({data.get('format')}), counts {data.get('counts')}"
+        + (f", {data['skipped']} non-image file(s) skipped" if data.get("skipped") else ""),
+        f"- preprocessing: {metrics['preprocessing']}",
+        f"- operating threshold: {metrics['threshold']:.4f} ({metrics['threshold_policy']}, chosen on validation)",
+    ]
+    if metrics.get("training"):
+        lines.append(f"- training time: {metrics['training']['seconds']} s on {metrics['training']['train_samples']} images")
+    for split in ("test", "val"):
+        if split in metrics:
+            lines += ["", f"## {'Test' if split == 'test' else 'Validation'} results", ""] + metrics_table(metrics[split], classes)
+    if plots:
+        lines += ["", "## Plots", ""]
+        for caption, name in plots.items():
+            lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
+    lines += ["", f"*{DISCLAIMER}*", ""]
+    path = out / file_name
+    path.write_text("\n".join(lines))
+    return path
