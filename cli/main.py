@@ -7,6 +7,7 @@ Loading them lazily keeps `medge --help` fast and lets a device that installed o
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
@@ -62,6 +63,8 @@ def cli():
 
 
 def main():
+    # TensorFlow's C++ INFO/WARNING chatter buries medge's own progress and tables.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cli()
 
 

@@ -1,12 +1,13 @@
 """The medge.json essentials embedded inside every model file, so a file found on its own still
 says what it is: classes, threshold, preprocessing, name, version (TFLite metadata entry /
-ONNX metadata_props, both under the key "medge")."""
+ONNX metadata_props, both under the key "medge"; `medge.edge.runtime.embedded_metadata`
+reads it back without TensorFlow)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-METADATA_KEY = "medge"
+from medge.edge.runtime import METADATA_KEY  # the device reads it back with embedded_metadata()
 
 
 def model_metadata(manifest: dict, format_name: str) -> dict:
@@ -49,24 +50,3 @@ def embed_onnx_metadata(path: Path, data: dict) -> None:
     model.metadata_props.add(key=METADATA_KEY, value=json.dumps(data, sort_keys=True))
     model.producer_name = "medge"
     onnx.save(model, str(path))
-
-
-def read_metadata(path: Path) -> dict | None:
-    """The embedded medge metadata of a .tflite or .onnx file (None if it has none)."""
-    path = Path(path)
-    if path.suffix == ".onnx":
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-        for prop in model.metadata_props:
-            if prop.key == METADATA_KEY:
-                return json.loads(prop.value)
-        return None
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
-    for entry in model.metadata or []:
-        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
-        if name == METADATA_KEY:
-            return json.loads(bytes(model.buffers[entry.buffer].data))
-    return None

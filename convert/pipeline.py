@@ -7,6 +7,7 @@ looks like a valid bundle ever appears.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medge import DISCLAIMER, __version__
-from medge.edge.bundle import REPORT_NAME, sha256_file, write_manifest
+from medge.edge.bundle import MANIFEST_NAME, REPORT_NAME, sha256_file, write_manifest
 from medge.edge.errors import InputError
 from medge.edge.runtime import create_predictor, to_probabilities
 
@@ -75,16 +76,22 @@ def convert(config: ConvertConfig, log=print) -> ConversionResult:
     formats = parse_formats(config.formats, config.int8, config.onnx)
     run = load_run(config.run)
     out = Path(config.out).expanduser().resolve() if config.out else run.path / "bundle"
-    if out.exists() and not config.force:
-        raise InputError(f"{out}: already exists (use --force to replace it)")
+    if out.exists():
+        if not config.force:
+            raise InputError(f"{out}: already exists (use --force to replace it)")
+        if not _replaceable(out):
+            raise InputError(f"{out}: exists and is not a medge bundle; refusing to replace it")
     if config.sign_key is not None:
         from medge.edge.bundle import load_private_key
 
         load_private_key(config.sign_key)  # a bad key fails now, not after minutes of work
-    x_eval, y_eval, data_label = evaluation_data(run, config.data)
+    # The run's own splits, rebuilt at most once (decoding an image tree can take a while).
+    run_dataset = functools.cache(run.load_dataset)
+
+    x_eval, y_eval, data_label = evaluation_data(run, config.data, run_dataset)
     calibration = None
     if any(f.calibrated for f in formats):
-        calibration = _calibration(run, config)
+        calibration = _calibration(run, config, run_dataset)
     log(f"converting {run.path.name} ({run.metrics.get('model', {}).get('arch', 'model')}) to "
         f"{', '.join(f.name for f in formats)}; gate on {data_label} ({len(y_eval)} images)")
 
@@ -123,7 +130,11 @@ def convert(config: ConvertConfig, log=print) -> ConversionResult:
 
     if failures:
         rejected = out.with_name(out.name + ".rejected")
-        shutil.rmtree(rejected, ignore_errors=True)
+        if rejected.exists():
+            if not _replaceable(rejected):
+                shutil.rmtree(staging, ignore_errors=True)
+                raise InputError(f"{rejected}: exists and is not a medge conversion folder; refusing to replace it")
+            shutil.rmtree(rejected)
         os.replace(staging, rejected)
         result = ConversionResult(False, rejected, report, failures)
         raise GateFailed(
@@ -139,17 +150,25 @@ def convert(config: ConvertConfig, log=print) -> ConversionResult:
     if out.exists():
         shutil.rmtree(out)
     os.replace(staging, out)
-    shutil.rmtree(out.with_name(out.name + ".rejected"), ignore_errors=True)
+    stale = out.with_name(out.name + ".rejected")
+    if stale.exists() and _replaceable(stale):
+        shutil.rmtree(stale)
     return ConversionResult(True, out, report, [])
+
+
+def _replaceable(folder: Path) -> bool:
+    """Only a bundle, a rejected conversion or an empty folder is ever deleted by --force."""
+    return folder.is_dir() and ((folder / MANIFEST_NAME).exists() or (folder / REPORT_NAME).exists()
+                                or not any(folder.iterdir()))
 
 
 # --------------------------------------------------------------------------- data
 
 
-def evaluation_data(run, data: Path | str | None) -> tuple[np.ndarray, np.ndarray, str]:
+def evaluation_data(run, data: Path | str | None, run_dataset=None) -> tuple[np.ndarray, np.ndarray, str]:
     """The gate's images: the run's test split, or every image of --data."""
     if data is None:
-        dataset = run.load_dataset()
+        dataset = run_dataset() if run_dataset else run.load_dataset()
         split = dataset.splits.get("test")
         if split is None or len(split) == 0:
             raise InputError(f"{run.path}: the run has no test split to gate on (trained with test_split 0?); "
@@ -165,9 +184,9 @@ def evaluation_data(run, data: Path | str | None) -> tuple[np.ndarray, np.ndarra
     return x, y, str(Path(data).resolve())
 
 
-def _calibration(run, config: ConvertConfig) -> np.ndarray:
+def _calibration(run, config: ConvertConfig, run_dataset) -> np.ndarray:
     if config.calibration_data is None:
-        split = run.load_dataset().splits["train"]
+        split = run_dataset().splits["train"]
         x, y = split.x, split.y
     else:
         from medge.train.data import load_dataset
@@ -216,7 +235,7 @@ def convert_one(fmt: Format, context: ExportContext, staging: Path, manifest_bas
     # The runtime reads output_activation from here when given the bare file, as it is just below.
     embed_metadata(path, {**model_metadata(manifest_base, fmt.name), "output_activation": context.output_activation})
 
-    predictor = create_predictor(path, runtime=fmt.runtime)
+    predictor = create_predictor(path)  # the best installed runtime for the file, as on the device
     probabilities = []
     with progress_task(f"evaluating {fmt.name} on {predictor.runtime_name}", len(x_eval), config.progress) as advance:
         for start in range(0, len(x_eval), EVAL_BATCH):
@@ -228,7 +247,7 @@ def convert_one(fmt: Format, context: ExportContext, staging: Path, manifest_bas
                       run.positive_class)
     latency = {}
     for threads in config.latency_threads:
-        single = create_predictor(path, runtime=fmt.runtime, threads=threads)
+        single = create_predictor(path, runtime=predictor.runtime_name, threads=threads)
         latency[f"threads_{threads}"] = median_latency_ms(single.predict, x_eval[0], runs=config.latency_runs)
     failures = check(metrics, config.limits)
     params = run.metrics.get("model", {}).get("params")

@@ -44,7 +44,8 @@ class AlertRules:
         while times and times[0] < event.received - self.error_burst_window_s:
             times.popleft()
         last = self._last_burst.get(key)
-        if len(times) < self.error_burst_count or (last is not None and event.received - last < self.error_burst_window_s):
+        recently_alerted = last is not None and event.received - last < self.error_burst_window_s
+        if len(times) < self.error_burst_count or recently_alerted:
             return []
         self._last_burst[key] = event.received
         return [_alert(event, "error_burst", "critical",

@@ -74,7 +74,8 @@ def _stop_on_sigterm():
               help="Seconds without a heartbeat before an online device is marked stale.")
 @click.option("--error-burst", type=click.IntRange(min=1), default=5, show_default=True,
               help="Errors from one device within --error-window seconds that raise an alert.")
-@click.option("--error-window", type=click.FloatRange(min=1), default=60.0, show_default=True)
+@click.option("--error-window", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Window in seconds for --error-burst.")
 @click.option("--ha-discovery", is_flag=True,
               help="Publish Home Assistant MQTT discovery configs for every device seen.")
 @click.option("--ha-prefix", default="homeassistant", show_default=True, help="Home Assistant discovery prefix.")
@@ -88,6 +89,11 @@ def dashboard_command(host, port, db, retention_days, stale_after, error_burst, 
 
     Subscribes to PREFIX/# on the broker (credentials and TLS stay in this process) and pushes
     updates to the page with server-sent events. History is kept in a local SQLite file.
+
+    \b
+    Examples:
+      medge dashboard --broker mqtt://broker.local --port 8080
+      MEDGE_MQTT_PASSWORD=... medge dashboard --broker mqtts://broker.local --ca-file ca.crt --username dash
     """
     from medge.dashboard.alerts import AlertRules
     from medge.dashboard.server import make_server
@@ -134,6 +140,11 @@ def monitor_command(as_json, duration, stale_after, **broker):
 
     With --json, prints every event (results, status, heartbeats, errors, invalid payloads)
     as a JSON line instead, duplicates removed.
+
+    \b
+    Examples:
+      medge monitor --broker mqtt://broker.local
+      medge monitor --broker mqtt://broker.local --json | jq -c 'select(.kind == "result")'
     """
     from medge.dashboard.monitor import run_monitor
 

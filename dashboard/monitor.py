@@ -116,7 +116,7 @@ def run_monitor(settings: BrokerSettings, as_json: bool = False, duration: float
             print(event_line(event), flush=True)
             for name, row in changes:
                 if name == "alert":
-                    print(json.dumps({"kind": "alert", **row}), flush=True)
+                    print(json.dumps({**row, "kind": "alert", "alert": row["kind"]}), flush=True)
 
     console = Console()
     live_view = not as_json and console.is_terminal
@@ -130,8 +130,11 @@ def run_monitor(settings: BrokerSettings, as_json: bool = False, duration: float
     deadline = None if duration is None else time.monotonic() + duration
     try:
         if not live_view:
-            while deadline is None or time.monotonic() < deadline:
-                time.sleep(0.2)
+            try:
+                while deadline is None or time.monotonic() < deadline:
+                    time.sleep(0.2)
+            except KeyboardInterrupt:
+                pass
             if not as_json:  # piped without --json: print the final view once
                 console.print(render(state))
             return

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from medge.dashboard.alerts import AlertRules
-from medge.dashboard.events import Event
+from medge.dashboard.events import KINDS, Event
 from medge.dashboard.homeassistant import DISCOVERY_PREFIX, HomeAssistantDiscovery
 from medge.dashboard.mqtt import BrokerSettings, MqttFeed
 from medge.dashboard.state import DashboardState
@@ -104,7 +104,7 @@ class DashboardService:
         self.store.add(event)
         for name, row in self.state.apply(event) or []:
             self.hub.publish(name, row)
-        if self.discovery and event.site != "?":
+        if self.discovery and event.kind in KINDS:  # a device that only sends garbage gets no entities
             self.discovery.observe(self.state.device(event.site, event.device))
         self._dirty.set()
 

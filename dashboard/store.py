@@ -38,6 +38,9 @@ class HistoryStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: no fsync per message (3x the ingest rate); a power cut may lose the
+            # last moments of history but never corrupts the file.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as error:
             raise ConfigError(f"--db {self.path}: cannot open the history database ({error})") from None

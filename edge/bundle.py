@@ -229,8 +229,12 @@ def _parse_manifest(data: bytes, path: Path) -> dict:
     for key in ("model", "task", "classes", "preprocessing", "artifacts", "files"):
         if key not in manifest:
             raise BundleError(f"{path}: manifest has no {key!r}")
-    if not manifest["artifacts"]:
+    if not manifest["artifacts"] or not isinstance(manifest["artifacts"], list):
         raise BundleError(f"{path}: manifest lists no model artifact")
+    for entry in manifest["artifacts"]:
+        missing = [key for key in ("file", "format", "sha256", "input", "output") if key not in entry]
+        if missing:
+            raise BundleError(f"{path}: model artifact {entry.get('file', '?')!r} has no {missing[0]!r}")
     if manifest["task"] == "binary" and (manifest.get("threshold") is None or not manifest.get("positive_class")):
         raise BundleError(f"{path}: a binary model needs 'threshold' and 'positive_class'")
     try:
@@ -251,7 +255,7 @@ def _verify_files(folder: Path, manifest: dict) -> None:
             raise BundleError(f"{folder}: manifest names a file outside the bundle ({name!r})")
         if not target.is_file():
             raise BundleError(f"{folder}: {name} is missing from the bundle")
-        size = files_sizes(manifest).get(name)
+        size = (manifest.get("file_sizes") or {}).get(name)
         if size is not None and target.stat().st_size != size:
             raise BundleError(
                 f"{folder}: {name} is {target.stat().st_size} bytes, the manifest says {size} (truncated or replaced); refusing to load")
@@ -260,10 +264,6 @@ def _verify_files(folder: Path, manifest: dict) -> None:
     extra = sorted(set(bundle_files(folder)) - set(files))
     if extra:
         raise BundleError(f"{folder}: {extra[0]} is in the bundle but not in its manifest (added after signing?)")
-
-
-def files_sizes(manifest: dict) -> dict:
-    return manifest.get("file_sizes") or {}
 
 
 # --------------------------------------------------------------------------- writing

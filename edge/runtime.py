@@ -27,6 +27,7 @@ from .errors import BundleError
 TFLITE_RUNTIMES = ("litert", "tflite-runtime")
 ONNX_RUNTIMES = ("onnxruntime",)
 RUNTIMES = TFLITE_RUNTIMES + ONNX_RUNTIMES
+METADATA_KEY = "medge"  # where `medge convert` embeds the manifest essentials in every model file
 _MODULES = {"litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter",
             "onnxruntime": "onnxruntime"}
 
@@ -237,9 +238,6 @@ def create_predictor(artifact: Artifact | str | Path, runtime: str | None = None
     if family == "tflite":
         return TFLitePredictor(path, runtime, threads, activation)
     return OnnxPredictor(path, threads, activation)
-
-
-METADATA_KEY = "medge"
 
 
 def embedded_metadata(path: str | Path) -> dict | None:

@@ -101,7 +101,7 @@ class Worker:
             # Group commit: inputs that queued up while one was classified share one durable
             # transaction (one fsync), so bursts run at the model's pace, not the disk's.
             if batch and (len(batch) >= MAX_BATCH or self._queue.empty()):
-                self._commit(batch)
+                self._commit_or_keep(batch)
                 batch = []
             item = self._queue.get()
             if item is None:
@@ -109,7 +109,7 @@ class Worker:
             self.busy = True
             try:
                 if not self.outbox.has_room(len(batch) + 1):
-                    self._commit(batch)
+                    self._commit_or_keep(batch)
                     batch = []
                 pending = self._prepare(item)
                 if pending is not None:
@@ -118,7 +118,14 @@ class Worker:
                 log.exception("unexpected failure while processing %s", item.label or item.source)
             finally:
                 self.busy = False
-        self._commit(batch)
+        self._commit_or_keep(batch)
+
+    def _commit_or_keep(self, batch: list["Pending"]) -> None:
+        try:
+            self._commit(batch)
+        except Exception:  # e.g. the disk is full: nothing is released, so nothing is lost
+            log.exception("cannot store the outcome of %d input(s); they stay with their sources "
+                          "(the watch folder offers them again after a restart)", len(batch))
 
     # ------------------------------------------------------------------ one input
     def process(self, item: InputItem) -> None:

@@ -12,10 +12,9 @@ from click.testing import CliRunner
 
 from medge.convert.calibration import stratified_indices
 from medge.convert.formats import FORMATS, parse_formats
-from medge.convert.metadata import read_metadata
 from medge.edge.bundle import MANIFEST_NAME, REPORT_NAME, load_bundle
 from medge.edge.errors import BundleError, InputError
-from medge.edge.runtime import create_predictor
+from medge.edge.runtime import create_predictor, embedded_metadata
 from medge.edge.schemas import load_schema
 from medge.main import cli
 from tests.fixtures.bundles import FIXTURE_LIMITS, convert_run
@@ -59,7 +58,7 @@ def test_each_format_round_trips_through_the_edge_runtime(all_formats_bundle, te
     # A bare file (no manifest) is read the same way, from the metadata embedded in it.
     assert np.array_equal(create_predictor(artifact.file).predict(x), predictor.predict(x))
     # The medge.json essentials travel inside the model file too.
-    metadata = read_metadata(artifact.file)
+    metadata = embedded_metadata(artifact.file)
     assert metadata["format"] == format_name
     assert metadata["classes"] == bundle.classes and metadata["threshold"] == bundle.threshold
     assert metadata["preprocessing"] == bundle.spec.to_dict()
@@ -137,6 +136,10 @@ def test_bad_inputs_fail_with_one_line(trained_run, tmp_path):
     (tmp_path / "exists").mkdir()
     result = convert_cli(trained_run, "--int8", "--out", tmp_path / "exists")
     assert result.exit_code == 1 and "already exists (use --force" in result.output
+    (tmp_path / "exists" / "notes.txt").write_text("mine")
+    result = convert_cli(trained_run, "--int8", "--out", tmp_path / "exists", "--force")
+    assert result.exit_code == 1 and "is not a medge bundle; refusing to replace it" in result.output
+    assert (tmp_path / "exists" / "notes.txt").read_text() == "mine"
     (tmp_path / "bad.key").write_text("not a key")
     result = convert_cli(trained_run, "--int8", "--out", tmp_path / "b", "--sign-key", tmp_path / "bad.key")
     assert result.exit_code == 1 and "not a PEM private key" in result.output
@@ -198,6 +201,8 @@ def test_ensemble_converts_as_one_model(tmp_path):
     onnx_record = next(r for r in report["artifacts"] if r["format"] == "onnx-f32")
     assert onnx_record["max_abs_score_diff"] < 1e-4  # both members are inside the one file
     assert bundle.manifest["model"]["arch"] == "cnn"
+    # The members' probabilities are averaged inside the file, so it cannot end at the logits.
+    assert bundle.artifact("tflite-int8").output.activation is None
 
 
 def test_gate_on_other_labelled_data(trained_run, tmp_path):

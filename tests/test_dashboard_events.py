@@ -17,7 +17,8 @@ def message(kind, payload, prefix="medge"):
 def test_valid_payloads_keep_their_kind_and_message_id():
     result = result_payload("icu", "xr-1", 0.8)
     for kind, payload in [("result", result), ("status", status_payload("icu", "xr-1", "online")),
-                          ("heartbeat", heartbeat_payload("icu", "xr-1")), ("error", error_payload("icu", "xr-1", "x"))]:
+                          ("heartbeat", heartbeat_payload("icu", "xr-1")),
+                          ("error", error_payload("icu", "xr-1", "x"))]:
         event = message(kind, payload)
         assert (event.kind, event.site, event.device, event.problem) == (kind, "icu", "xr-1", None)
     assert message("result", result).id == result["id"]

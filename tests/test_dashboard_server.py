@@ -8,9 +8,10 @@ import urllib.error
 import urllib.request
 
 from medge import DISCLAIMER
-from medge.broker import LocalBroker
+from medge.broker import LocalBroker, free_port
 from tests.fixtures.dashboard import (DashboardProcess, DeviceProcess, Publisher, error_payload, result_payload,
                                       status_payload)
+from tests.fixtures.edge import make_tls_files, mosquitto_password_file
 
 
 def test_devices_results_duplicates_and_a_restart_that_keeps_history(broker, publisher, dashboard):
@@ -83,12 +84,13 @@ def test_the_page_is_self_contained_and_carries_the_disclaimer(dashboard):
         assert error.code == 404
 
 
-def test_credentials_stay_on_the_server(tmp_path):
-    password_file = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(password_file), "clinic-dashboard", "s3cret-Pa55"],
-                   check=True, capture_output=True)
+def test_credentials_and_tls_stay_on_the_server(tmp_path):
+    tls = make_tls_files(tmp_path / "tls")
+    passwords = mosquitto_password_file(tmp_path / "passwd", "clinic-dashboard", "s3cret-Pa55")
+    tls_port = free_port()
     # mosquitto started as root drops to its own user, which cannot read pytest's private tmp dir
-    config = f"user root\nallow_anonymous false\npassword_file {password_file}\n"
+    config = ("user root\nallow_anonymous false\n" f"password_file {passwords}\n"
+              f"listener {tls_port} 127.0.0.1\ncafile {tls['ca']}\ncertfile {tls['cert']}\nkeyfile {tls['key']}\n")
     with LocalBroker(kind="mosquitto", workdir=tmp_path / "broker", extra_config=config) as secured:
         wrong = DashboardProcess(secured.url, tmp_path / "wrong.sqlite", extra=["--username", "clinic-dashboard"],
                                  env={"MEDGE_MQTT_PASSWORD": "not-it"}).start(wait_connected=False)
@@ -98,17 +100,22 @@ def test_credentials_stay_on_the_server(tmp_path):
         finally:
             wrong.stop()
 
-        dashboard = DashboardProcess(secured.url, tmp_path / "h.sqlite", extra=["--username", "clinic-dashboard"],
-                                     env={"MEDGE_MQTT_PASSWORD": "s3cret-Pa55"}).start()
+        secret = tmp_path / "mqtt-password"
+        secret.write_text("s3cret-Pa55\n")
+        dashboard = DashboardProcess(f"mqtts://127.0.0.1:{tls_port}", tmp_path / "h.sqlite",
+                                     extra=["--username", "clinic-dashboard", "--password-file", str(secret),
+                                            "--ca-file", str(tls["ca"])]).start()
         publisher = Publisher(secured.port, username="clinic-dashboard", password="s3cret-Pa55")
         try:
+            assert dashboard.state()["broker"]["url"] == f"mqtts://127.0.0.1:{tls_port}"
             publisher.send("status", status_payload("icu", "xr-1", "online"), retain=True)
             dashboard.wait_for(lambda s: s["devices"])
             served = b"".join(dashboard.get(path)[2] for path in ("/", "/static/app.js", "/api/state"))
             with urllib.request.urlopen(dashboard.url + "/api/events", timeout=10) as stream:
                 served += stream.readline() + stream.readline()
             assert b"snapshot" in served
-            assert b"s3cret-Pa55" not in served and b"clinic-dashboard" not in served
+            for secret_part in (b"s3cret-Pa55", b"clinic-dashboard", str(tls["ca"]).encode(), b"BEGIN CERTIFICATE"):
+                assert secret_part not in served
         finally:
             publisher.close()
             dashboard.stop()

@@ -105,6 +105,8 @@ def test_dashboards_connect_over_secure_websockets(connect, site_broker):
 
     anonymous = connect(None, port=site_broker.ws_port, websockets=True, certificate=False)
     assert not anonymous.wait_connected()
+    clear_text = connect("dashboard", port=site_broker.ws_port, websockets=True, tls=False)  # ws://
+    assert not clear_text.wait_connected(timeout=5)
 
     device = connect("xray-1")
     assert device.wait_connected()

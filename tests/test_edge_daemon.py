@@ -96,7 +96,8 @@ def test_folder_results_reach_a_subscriber_and_shutdown_is_clean(tmp_path, broke
         late.close()
 
 
-def test_broker_killed_and_restarted_mid_stream_loses_nothing(tmp_path, broker, int8_bundle, edge_daemon):
+def test_broker_killed_and_restarted_mid_stream_loses_nothing(tmp_path, durable_broker, int8_bundle, edge_daemon):
+    broker = durable_broker
     consumer = SessionSubscriber(broker.port, "medge/test/dev1/#")
     inbox = tmp_path / "incoming"
     inbox.mkdir()

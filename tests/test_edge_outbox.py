@@ -55,7 +55,8 @@ def test_a_full_outbox_drops_old_error_events_first_and_never_results(tmp_path):
     assert outbox.count() == 11
 
 
-def test_publisher_survives_a_broker_outage_and_deletes_only_acknowledged_rows(tmp_path, broker):
+def test_publisher_survives_a_broker_outage_and_deletes_only_acknowledged_rows(tmp_path, durable_broker):
+    broker = durable_broker
     config = load_config(env={}, flags={"mqtt.broker": broker.url, "site": "s", "device": "d",
                                         "state.dir": str(tmp_path)})
     consumer = SessionSubscriber(broker.port, "medge/s/d/#")

@@ -87,12 +87,14 @@ def test_class_per_folder_tree_with_splits_mixed_formats_and_skipped_files_count
                 [cv2.IMWRITE_JPEG_QUALITY, 100])
     (root / "train" / "normal" / "README.txt").write_text("acquired 2018")
     (root / "train" / "normal" / ".DS_Store").write_bytes(b"\0\0")
+    (root / "LICENSE.txt").write_text("CC BY 4.0")
     dataset = load_dataset(root)
     assert dataset.format == "folder" and dataset.classes == ["normal", "pneumonia"]
     assert {name: split.counts(2) for name, split in dataset.splits.items()} == {
         "train": [12, 14], "val": [5, 5], "test": [5, 5]}
-    assert len(dataset.skipped) == 2 and "skipped 2 non-image file(s)" in dataset.describe()
-    assert dataset.to_dict()["skipped"] == 2
+    assert len(dataset.skipped) == 3 and "skipped 3 non-image file(s)" in dataset.describe()
+    assert dataset.to_dict()["skipped"] == 3
+    assert ("LICENSE.txt", "not in a class folder") in dataset.skipped
     names = dataset.splits["train"].names
     deep = dataset.splits["train"].x[names.index("train/pneumonia/deep.png")]
     # 16-bit data is windowed to its own range, as a viewer without DICOM window tags does.

@@ -193,6 +193,8 @@ def _load_folder_tree(path, classes, spec, val_split, test_split, seed) -> Datas
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if folder.name not in classes:
                 raise InputError(f"{folder}: label {folder.name!r} not in classes ({', '.join(classes)})")
+    for folder in {path, *roots.values()}:
+        skipped += [(str(f.relative_to(path)), "not in a class folder") for f in sorted(folder.iterdir()) if f.is_file()]
     samples = {}
     for split, root in roots.items():
         files, labels = [], []

@@ -35,6 +35,7 @@ function fmtAge(seconds) {
   if (seconds < 5400) return `${Math.round(seconds / 60)} min ago`;
   return `${(seconds / 3600).toFixed(1)} h ago`;
 }
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 const serverNow = () => Date.now() / 1000 - data.clockOffset;
 
 // ---- incoming messages -------------------------------------------------------------------
@@ -207,7 +208,7 @@ function renderDevices() {
         el("dt", {text: "Device counters"}),
         el("dd", {text: `${counters.processed ?? "–"} processed · ${counters.rejected ?? "–"} rejected · ${counters.queued ?? "–"} queued`}),
         el("dt", {text: "Last result"}), el("dd", {class: last && last.positive ? "last-positive" : null, text: lastText}),
-        el("dt", {text: "Findings"}), el("dd", {text: `${dev.positives} positive · ${dev.errors} errors`}),
+        el("dt", {text: "Findings"}), el("dd", {text: `${dev.positives} positive · ${plural(dev.errors, "error")}`}),
         dev.state === "offline" ? el("dt", {text: "Offline since"}) : null,
         dev.state === "offline" ? el("dd", {text: `${fmtTime(dev.state_since)} (${dev.reason || "no reason"})`}) : null));
   }));
