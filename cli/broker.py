@@ -50,6 +50,11 @@ class LocalBroker:
         self.process: subprocess.Popen | None = None
 
     @property
+    def mqtt_version(self) -> str:
+        """The newest MQTT version the broker speaks: amqtt knows only 3.1.1."""
+        return "5" if self.kind == "mosquitto" else "3.1.1"
+
+    @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 

@@ -85,7 +85,7 @@ def _run_foreground(command: list[str]) -> None:
 class ResultListener:
     """Subscribes to the demo device's topics and prints each result as it arrives."""
 
-    def __init__(self, port: int, names_by_ref: dict[str, str]):
+    def __init__(self, port: int, names_by_ref: dict[str, str], mqtt_version: str):
         import paho.mqtt.client as mqtt
 
         self.results: list[dict] = []
@@ -93,7 +93,7 @@ class ResultListener:
         self.names_by_ref = names_by_ref
         self._lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="medge-demo-listener",
-                                  protocol=mqtt.MQTTv5)
+                                  protocol=mqtt.MQTTv5 if mqtt_version == "5" else mqtt.MQTTv311)
         self.client.on_connect = lambda client, *_: client.subscribe(f"medge/{SITE}/{DEVICE}/#", qos=1)
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
@@ -147,12 +147,14 @@ def _wait(predicate, timeout: float) -> bool:
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("medge-demo"),
               show_default=True, help="Where the run, bundle, watch folder, state and logs go.")
 @click.option("--epochs", type=click.IntRange(1), default=8, show_default=True, help="Training epochs.")
-@click.option("--quick", is_flag=True, help="A tiny model (2 epochs on 1,000 images): for tests and a first look.")
+@click.option("--quick", is_flag=True, help="A short training (3 epochs, ~30 s): for tests and a first look.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
               help="Dashboard port (0 = any free port).")
+@click.option("--broker", "broker_kind", type=click.Choice(["auto", "mosquitto", "amqtt"]), default="auto",
+              show_default=True, help="Local broker: Mosquitto when installed, else the embedded amqtt.")
 @click.option("--serve/--no-serve", default=True, show_default=True,
               help="Keep the dashboard, daemon and broker running until Ctrl-C.")
-def demo_command(workdir: Path, epochs: int, quick: bool, port: int, serve: bool):
+def demo_command(workdir: Path, epochs: int, quick: bool, port: int, broker_kind: str, serve: bool):
     """Train, quantize, deploy and watch a pneumonia classifier on this machine.
 
     Uses the bundled PneumoniaMNIST and real full-size chest X-rays; needs no network. Prints
@@ -169,24 +171,24 @@ def demo_command(workdir: Path, epochs: int, quick: bool, port: int, serve: bool
     click.secho(f"medge demo - {DISCLAIMER}", fg="yellow")
     try:
         stage("Train a CNN on the bundled PneumoniaMNIST (real pediatric chest X-rays, 28x28)")
-        train_args = ["train", "--out", str(run_dir), "--epochs", str(2 if quick else epochs)]
+        train_args = ["train", "--out", str(run_dir), "--epochs", str(3 if quick else epochs)]
         if quick:
-            train_args += ["--limit", "1000", "--bootstrap", "200"]
+            train_args += ["--bootstrap", "200"]
         _run_foreground(_medge(*train_args))
 
         stage("Quantize to int8 and check it on the edge runtime (the accuracy gate)")
-        _run_foreground(_medge("convert", str(run_dir), "--int8", "--out", str(bundle_dir), "--force",
-                               "--calibration-samples", "100" if quick else "300"))
+        _run_foreground(_medge("convert", str(run_dir), "--int8", "--out", str(bundle_dir), "--force"))
 
         stage("Start a local MQTT broker")
-        broker = LocalBroker(kind="auto", workdir=workdir / "broker")
+        broker = LocalBroker(kind=broker_kind, workdir=workdir / "broker")
         broker.start()
         processes.add_broker(broker)
         click.echo(f"  {broker.kind} on {broker.url}")
 
         stage("Start the dashboard")
         dashboard_port = port or free_port()
-        processes.start("dashboard", _medge("dashboard", "--broker", broker.url, "--port", str(dashboard_port),
+        processes.start("dashboard", _medge("dashboard", "--broker", broker.url, "--mqtt-version", broker.mqtt_version,
+                                            "--port", str(dashboard_port),
                                             "--db", str(workdir / "dashboard.sqlite")),
                         workdir / "logs" / "dashboard.log")
         if not wait_for_port(dashboard_port, timeout=20):
@@ -202,10 +204,11 @@ def demo_command(workdir: Path, epochs: int, quick: bool, port: int, serve: bool
         # the daemon publishes; the wire itself never carries a file name.
         pseudonyms = Pseudonymizer(load_or_create_key(state_dir / "pseudonym.key"))
         samples = chest_xray_sample_files()
-        listener = ResultListener(broker.port, {pseudonyms.ref(path.name): path.name for path in samples})
+        listener = ResultListener(broker.port, {pseudonyms.ref(path.name): path.name for path in samples},
+                                  broker.mqtt_version)
         processes.start("edge daemon", _medge(
             "edge", "run", str(bundle_dir), "--watch", str(inbox), "--broker", broker.url,
-            "--site", SITE, "--device", DEVICE, "--state-dir", str(state_dir),
+            "--mqtt-version", broker.mqtt_version, "--site", SITE, "--device", DEVICE, "--state-dir", str(state_dir),
             "--pseudonym-key-file", str(state_dir / "pseudonym.key"), "--heartbeat-s", "5"),
             workdir / "logs" / "edge.log")
         if not listener.online.wait(timeout=60):

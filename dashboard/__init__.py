@@ -2,7 +2,8 @@
 Home Assistant discovery.
 
 `events` turns one MQTT message into a checked `Event`; `state` folds events into what the
-views show (devices, results, errors, alerts); `store` keeps the history in SQLite; `ingest`
-is the MQTT subscriber that feeds them; `server` serves the page with server-sent events;
-`monitor` is the terminal view; `homeassistant` publishes MQTT discovery configs.
+views show (devices, results, errors, alerts from `alerts`); `store` keeps the history in
+SQLite; `mqtt` is the subscriber that feeds them; `service` wires these together for the
+dashboard and `server` serves its page with server-sent events; `monitor` is the terminal
+view; `homeassistant` publishes MQTT discovery configs.
 """

@@ -30,6 +30,8 @@ def broker_options(command):
         click.option("--key-file", type=click.Path(dir_okay=False), default=None, help="Client key (TLS)."),
         click.option("--tls-insecure", is_flag=True, help="Do not check the broker's host name (testing only)."),
         click.option("--topic-prefix", default="medge", show_default=True, help="Topic prefix the devices use."),
+        click.option("--mqtt-version", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True,
+                     help="MQTT protocol version (3.1.1 for brokers without MQTT 5)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -37,7 +39,7 @@ def broker_options(command):
 
 
 def _broker_settings(broker, username, password_file, ca_file, cert_file, key_file, tls_insecure, topic_prefix,
-                     **extra):
+                     mqtt_version, **extra):
     from medge.dashboard.mqtt import BrokerSettings
 
     password = os.environ.get("MEDGE_MQTT_PASSWORD")
@@ -51,7 +53,7 @@ def _broker_settings(broker, username, password_file, ca_file, cert_file, key_fi
             raise ConfigError(f"{name} {value}: no such file")
     return BrokerSettings(url=broker, username=username, password=password, ca_file=ca_file, cert_file=cert_file,
                           key_file=key_file, tls_insecure=tls_insecure, topic_prefix=topic_prefix.strip("/"),
-                          **extra)
+                          mqtt_version=mqtt_version, **extra)
 
 
 def _stop_on_sigterm():

@@ -15,6 +15,7 @@ from medge.edge.schemas import load_schema
 
 KINDS = ("result", "status", "heartbeat", "error")
 INVALID = "invalid"
+COMMANDS = "commands"
 # The payload versions this dashboard understands; a device sending a newer version shows up
 # as an error entry instead of being half-understood.
 SCHEMA_IDS = {kind: f"medge.{kind}/1" for kind in KINDS}
@@ -71,12 +72,16 @@ def digest(*parts: bytes | str) -> str:
 
 
 def parse_message(topic: str, payload: bytes, prefix: str = "medge", retained: bool = False,
-                  received: float | None = None) -> Event:
-    """Check `payload` on `topic` against the topic tree and the JSON Schemas."""
+                  received: float | None = None) -> Event | None:
+    """Check `payload` on `topic` against the topic tree and the JSON Schemas. None for a
+    message *to* a device (`{prefix}/{site}/{device}/commands/...`, reserved by the site
+    broker's ACL): not a device event."""
     received = time.time() if received is None else received
     parts = topic.split("/")
     prefix_parts = prefix.split("/")
     rest = parts[len(prefix_parts):] if parts[:len(prefix_parts)] == prefix_parts else None
+    if rest and len(rest) >= 4 and rest[2] == COMMANDS:
+        return None
     site, device, kind = (rest if rest and len(rest) == 3 else ["?", "?", None])
     fallback_id = digest(topic, payload)
 

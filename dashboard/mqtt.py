@@ -33,6 +33,7 @@ class BrokerSettings:
     key_file: str | None = None
     tls_insecure: bool = False
     topic_prefix: str = "medge"
+    mqtt_version: str = "5"
     client_id: str | None = None
     # A persistent session makes the broker queue QoS 1 results while the dashboard is down.
     session_expiry_s: int = 0
@@ -70,7 +71,12 @@ class MqttFeed:
         self.on_event = on_event
         self.on_connection = on_connection or (lambda connected, message: None)
         client_id = settings.client_id or f"medge-{name}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.mqtt5 = settings.mqtt_version == "5"
+        if self.mqtt5:
+            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        else:  # 3.1.1 has no session expiry: a persistent session is clean_session=False
+            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                      protocol=mqtt.MQTTv311, clean_session=not settings.session_expiry_s)
         if settings.username:
             self.client.username_pw_set(settings.username, settings.password)
         if settings.tls:
@@ -84,19 +90,23 @@ class MqttFeed:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self._connect_properties = None
         self._stopping = False
         self._refused: str | None = None
-        if settings.session_expiry_s:
+        if settings.session_expiry_s and self.mqtt5:
             self._connect_properties = Properties(PacketTypes.CONNECT)
             self._connect_properties.SessionExpiryInterval = settings.session_expiry_s
 
     def start(self) -> "MqttFeed":
         # connect_async + loop_start: the page comes up (and says "broker disconnected") even
         # when the broker is not reachable yet; paho keeps retrying.
-        self.client.connect_async(self.settings.host, self.settings.port, keepalive=30,
-                                  clean_start=not self.settings.session_expiry_s,
-                                  properties=self._connect_properties)
+        if self.mqtt5:
+            self.client.connect_async(self.settings.host, self.settings.port, keepalive=30,
+                                      clean_start=not self.settings.session_expiry_s,
+                                      properties=self._connect_properties)
+        else:
+            self.client.connect_async(self.settings.host, self.settings.port, keepalive=30)
         self.client.loop_start()
         return self
 
@@ -118,6 +128,16 @@ class MqttFeed:
             return
         self._refused = None
         client.subscribe(f"{self.settings.topic_prefix}/#", qos=1)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties=None):
+        # Only now is nothing missed: "connected" means the broker has the subscription.
+        refused = [code for code in reason_codes if code.is_failure]
+        if refused:
+            message = (f"broker {self.settings.public_url} refused the subscription to "
+                       f"{self.settings.topic_prefix}/#: {refused[0]} (check its ACL)")
+            log.error(message)
+            self.on_connection(False, message)
+            return
         log.info("connected to %s, subscribed to %s/#", self.settings.public_url, self.settings.topic_prefix)
         self.on_connection(True, f"connected to {self.settings.public_url}")
 
@@ -135,6 +155,7 @@ class MqttFeed:
         try:
             event = parse_message(message.topic, message.payload, self.settings.topic_prefix,
                                   retained=bool(message.retain))
-            self.on_event(event)
+            if event is not None:
+                self.on_event(event)
         except Exception:  # a bug in one message's handling must not stop the feed
             log.exception("could not handle a message on %s", message.topic)

@@ -65,6 +65,10 @@ def test_devices_results_alerts_and_an_offline_transition_show_live(broker, publ
     expect(page.locator("#errors-body img")).to_have_count(0)  # device text is shown as text, never as HTML
     publisher.send("result", result_payload("icu", "xr-1", 0.2))
     expect(rows).to_have_count(4, timeout=TIMEOUT_MS)
+    for index in range(2):  # 5 errors within a minute from one device: an error burst
+        publisher.send("error", error_payload("icu", "xr-1", f"truncated file {index}"))
+    expect(page.locator('#alert-list li[data-kind="error_burst"]')).to_contain_text(
+        "Error burst: 5 errors in 60 s from icu/xr-1", timeout=TIMEOUT_MS)
 
     # a device dies: its last will turns the card offline and raises an alert, live
     icu.kill()

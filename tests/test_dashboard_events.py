@@ -40,6 +40,8 @@ def test_bad_messages_become_invalid_events_with_a_reason():
     stray = parse_message("medge/icu/result", b"{}")
     assert stray.kind == INVALID and "unexpected topic" in stray.problem
     assert parse_message("plant/a/b/result", json.dumps(good).encode(), prefix="plant").kind == "result"
+    # messages to a device (the site ACL reserves .../commands/#) are not device events
+    assert parse_message("medge/icu/xr-1/commands/reload", b"{}") is None
 
 
 def test_state_folds_devices_results_alerts_and_drops_duplicates():
@@ -107,3 +109,12 @@ def test_history_store_drops_duplicates_and_replays_the_same_state(tmp_path):
         assert after[key] == before[key]
     assert after["devices"][0]["state"] == "offline"
     assert after["devices"][0]["counters"]["processed"] == 2
+
+
+def test_an_online_device_without_heartbeats_turns_stale():
+    state = DashboardState(stale_after_s=90)
+    beat = message("heartbeat", heartbeat_payload("icu", "xr-1"))
+    state.apply(beat)
+    assert state.summary(now=beat.received + 30)["devices"][0]["stale"] is False
+    stale = state.summary(now=beat.received + 91)["devices"][0]
+    assert stale["state"] == "online" and stale["stale"] is True and stale["heartbeat_age_s"] > 90

@@ -5,6 +5,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 
 def _port_open(port: int) -> bool:
     with socket.socket() as sock:
@@ -12,15 +14,18 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_demo_trains_converts_deploys_and_shows_results(tmp_path):
+# Mosquitto is what a site runs; amqtt is the fallback on a machine without it (MQTT 3.1.1 only).
+@pytest.mark.parametrize("broker", ["mosquitto", "amqtt"])
+def test_demo_trains_converts_deploys_and_shows_results(tmp_path, broker):
     workdir = tmp_path / "demo"
     done = subprocess.run([sys.executable, "-m", "medge", "demo", "--quick", "--no-serve", "--port", "0",
-                           "--workdir", str(workdir)], capture_output=True, text=True, timeout=600)
+                           "--broker", broker, "--workdir", str(workdir)], capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
 
     # The gate ran and passed, and the bundle it wrote is what the daemon loaded.
     assert "PASS" in output
+    assert f"{broker} on mqtt://" in output
     manifest = json.loads((workdir / "bundle" / "medge.json").read_text())
     assert manifest["classes"] == ["normal", "pneumonia"]
 

@@ -56,10 +56,13 @@ def test_folder_results_reach_a_subscriber_and_shutdown_is_clean(tmp_path, broke
     try:
         consumer.wait_for(lambda s: any(p["state"] == "online" for p in s.payloads("status")), 20, "online")
         png(inbox / "chest.png", 1, 256)
+        write_atomically(inbox / "empty.jpg", b"")  # a bad input between good ones
         xray_dicom(tmp_path / "study.dcm", index=2, patient=PHI)
         os.replace(tmp_path / "study.dcm", inbox / "study.dcm")
-        consumer.wait_for(lambda s: len(s.unique("result")) == 3, 30, "3 results")
-        consumer.wait_for(lambda s: any(h["counters"]["processed"] == 3 and h["counters"]["published"] >= 3
+        consumer.wait_for(lambda s: len(s.unique("result")) == 3 and len(s.unique("error")) == 1, 30,
+                          "3 results and 1 error event")
+        consumer.wait_for(lambda s: any(h["counters"]["processed"] == 3 and h["counters"]["rejected"] == 1
+                                        and h["counters"]["published"] >= 4
                                         for h in s.payloads("heartbeat")), 10, "a heartbeat counting the 3 inputs")
         assert daemon.stop() == 0  # SIGTERM
         consumer.wait_for(lambda s: s.payloads("status")[-1]["state"] == "offline", 10, "offline")
@@ -79,11 +82,14 @@ def test_folder_results_reach_a_subscriber_and_shutdown_is_clean(tmp_path, broke
     assert online["model"]["sha256"] == manifest["artifacts"][0]["sha256"] and online["sources"] == ["watch"]
     assert consumer.payloads("status")[-1]["reason"] == "shutdown"
     heartbeat = consumer.payloads("heartbeat")[-1]
-    assert heartbeat["counters"]["processed"] == 3 and heartbeat["counters"]["rejected"] == 0
+    assert heartbeat["counters"]["processed"] == 3 and heartbeat["counters"]["rejected"] == 1
+    [error] = [validate(p) for p in consumer.unique("error").values()]
+    assert error["kind"] == "rejected_input" and error["message"] == "input.jpg: empty file (0 bytes)"
+    assert (inbox / "rejected" / "empty.jpg.why.txt").read_text().strip() == error["message"]
     assert heartbeat["latency_ms"]["p50"] > 0 and heartbeat["rss_mb"] > 0
     # Nothing identifying left the device: not a tag value, not a file name.
     raw = "\n".join(json.dumps(p) for _, p, _ in consumer.messages)
-    for value in list(PHI.values()) + ["Doe", "99812377", "chest.jpeg", "study.dcm"]:
+    for value in list(PHI.values()) + ["Doe", "99812377", "chest.jpeg", "study.dcm", "empty.jpg"]:
         assert value not in raw, value
     assert sorted(p.name for p in (inbox / "processed").iterdir()) == ["chest.jpeg", "chest.png", "study.dcm"]
     # The offline status is retained: a dashboard connecting now learns the device is down.
@@ -202,3 +208,14 @@ def test_tls_with_username_and_password(tmp_path, tls_broker, int8_bundle, edge_
     bad = check("wrong")
     assert bad.returncode == 1
     assert "FAIL broker:" in bad.stdout and "refused" in bad.stdout and "Error: 1 check(s) failed" in bad.stderr
+
+
+def test_an_unusable_ca_file_stops_the_daemon_with_one_line(tmp_path, int8_bundle):
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    done = subprocess.run([sys.executable, "-m", "medge", "edge", "run", str(int8_bundle), "--broker",
+                           "mqtts://127.0.0.1:8883", "--ca-file", str(tmp_path / "ca.pem"), "--watch",
+                           str(tmp_path / "in"), "--state-dir", str(tmp_path / "state")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: mqtt.ca_file: cannot load the TLS files")
+    assert "Traceback" not in done.stderr

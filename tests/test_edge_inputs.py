@@ -35,13 +35,13 @@ class Pipeline:
     """WatchFolder -> Worker -> Outbox with the real classifier: the daemon minus MQTT."""
 
     def __init__(self, root: Path, classifier, frames: str = "first", max_pixels: int | None = None,
-                 stable_s: float = 0.3):
+                 stable_s: float = 0.3, outbox_max: int | None = None):
         flags = {"watch.dir": str(root / "in"), "state.dir": str(root / "state"), "site": "s", "device": "d",
-                 "dicom.frames": frames, "log.max_pixels": max_pixels}
+                 "dicom.frames": frames, "log.max_pixels": max_pixels, "state.outbox_max": outbox_max}
         self.config = load_config(env={}, flags=flags)
         self.inbox = self.config.watch.dir
         self.inbox.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox(self.config.outbox_path)
+        self.outbox = Outbox(self.config.outbox_path, self.config.state.outbox_max)
         self.pseudonymizer = Pseudonymizer(load_or_create_key(self.config.pseudonym_key_path))
         bundle = classifier.bundle
         model = {"name": bundle.name, "version": bundle.version, "sha256": classifier.artifact.sha256,
@@ -97,6 +97,11 @@ def test_each_bad_input_is_rejected_with_a_reason_and_the_next_good_image_is_cla
     dataset = pydicom.dcmread(no_pixels)
     del dataset.PixelData
     dataset.save_as(no_pixels)
+    odd_colour = tmp_path / "odd_colour.dcm"
+    xray_dicom(odd_colour)
+    dataset = pydicom.dcmread(odd_colour)
+    dataset.PhotometricInterpretation = "HSV"  # retired, unsupported
+    dataset.save_as(odd_colour)
     corrupted = bytearray(png_bytes(small_xray(0, 200)))
     corrupted[200:400] = bytes(200)  # a damaged block in the middle of the compressed pixels
     corrupted = bytes(corrupted)
@@ -108,6 +113,7 @@ def test_each_bad_input_is_rejected_with_a_reason_and_the_next_good_image_is_cla
         "notes.txt": (b"Patient arrived at 10:32, image to follow\n", "not a readable image"),
         "bomb.png": (png_bytes(huge), "over the limit of 4000000"),
         "no_pixels.dcm": (no_pixels.read_bytes(), "DICOM has no pixel data"),
+        "odd_colour.dcm": (odd_colour.read_bytes(), "unsupported photometric interpretation 'HSV'"),
     }
     with Pipeline(tmp_path, classifier, max_pixels=4_000_000) as pipeline:
         for name, (data, _) in bad.items():  # exporters often name files after the patient
@@ -293,3 +299,24 @@ def test_an_input_stored_before_a_crash_is_released_not_classified_again(tmp_pat
     assert (restarted.config.processed_dir / "a.jpeg").is_file()
     again = restarted.payloads("result")
     assert [r["id"] for r in again] == [r["id"] for r in first]  # same message, no second classification
+
+
+def test_a_full_outbox_keeps_new_inputs_waiting_in_the_folder_and_says_so(tmp_path, classifier):
+    with Pipeline(tmp_path, classifier, outbox_max=10) as pipeline:
+        write_atomically(pipeline.inbox / "bad.png", b"")  # one error event: reclaimable space
+        for index in range(14):
+            write_atomically(pipeline.inbox / f"img{index:02d}.png", png_bytes(small_xray(index, 64)))
+        pipeline.wait_released(11)  # the bad file and 10 results; the broker is away
+        time.sleep(1.0)
+        assert pipeline.released() == 11
+        waiting = sorted(p.name for p in pipeline.inbox.glob("img*.png"))
+        assert len(waiting) == 4  # kept in the watch folder, not dropped
+        events = [validate(p) for p in pipeline.payloads("error")]
+        assert [e["kind"] for e in events if e["level"] == "warning"][:1] == ["outbox_full"]
+        assert pipeline.outbox.count("result") == 10 and pipeline.outbox.dropped == 1  # the error event went
+        # The broker comes back and acknowledges the oldest results: the waiting files go through.
+        acknowledged = [m.seq for m in pipeline.outbox.after(0) if m.kind == "result"][:5]
+        pipeline.outbox.remove(acknowledged)
+        pipeline.wait_released(15)
+    assert list(pipeline.inbox.glob("img*.png")) == []
+    assert len(list(pipeline.config.processed_dir.iterdir())) == 14

@@ -74,7 +74,8 @@ def test_efficientnetb0_builds_for_binary_and_multiclass():
 def test_config_rejects_bad_values_with_the_key_named():
     for kwargs, key in [({"arch": "resnet"}, "arch"), ({"augment": ("spin",)}, "augment"),
                         ({"threshold_policy": "sensitivity:2"}, "threshold_policy"), ({"ensemble": 0}, "ensemble"),
-                        ({"arch": "mobilenetv2", "input_size": 28}, "input_size")]:
+                        ({"arch": "mobilenetv2", "input_size": 28}, "input_size"),
+                        ({"arch": "cnn", "weights": "imagenet"}, "weights")]:
         with pytest.raises(ConfigError) as error:
             TrainConfig(**kwargs)
         assert str(error.value).startswith(key)

@@ -69,6 +69,8 @@ class TrainConfig:
                 raise ConfigError(f"{key}: must be in [0, 1), not {getattr(self, key)}")
         if self.arch != "cnn" and self.input_size < 32:
             raise ConfigError(f"input_size: {self.arch} needs at least 32 pixels, not {self.input_size}")
+        if self.arch == "cnn" and str(self.weights).lower() != "none":
+            raise ConfigError(f"weights: {self.weights!r} applies to backbones only; the cnn trains from scratch (use --arch mobilenetv2)")
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"channels: must be 1 or 3, not {self.channels}")
         from .thresholds import parse_policy

@@ -21,6 +21,7 @@ import time
 import paho.mqtt.client as mqtt
 
 from ..config import EdgeConfig
+from ..errors import ConfigError
 from ..outbox import Outbox
 from ..payloads import encode
 
@@ -58,10 +59,13 @@ class Publisher:
         if settings.username:
             client.username_pw_set(settings.username, settings.resolved_password())
         if settings.tls:
-            client.tls_set(ca_certs=str(settings.ca_file) if settings.ca_file else None,
-                           certfile=str(settings.cert_file) if settings.cert_file else None,
-                           keyfile=str(settings.key_file) if settings.key_file else None,
-                           cert_reqs=ssl.CERT_REQUIRED)
+            try:
+                client.tls_set(ca_certs=str(settings.ca_file) if settings.ca_file else None,
+                               certfile=str(settings.cert_file) if settings.cert_file else None,
+                               keyfile=str(settings.key_file) if settings.key_file else None,
+                               cert_reqs=ssl.CERT_REQUIRED)
+            except (ssl.SSLError, OSError, ValueError) as error:
+                raise ConfigError(f"mqtt.ca_file: cannot load the TLS files ({error})") from None
             if settings.tls_insecure:
                 log.warning("mqtt.tls_insecure is set: the broker's certificate host name is not checked")
                 client.tls_insecure_set(True)
