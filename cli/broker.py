@@ -64,6 +64,10 @@ class LocalBroker:
             lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
             if self.persistence:
                 lines += ["persistence true", f"persistence_location {self.workdir}/", "autosave_interval 1"]
+                if os.geteuid() == 0:
+                    # Started as root, Mosquitto drops to the `mosquitto` user, which cannot write a
+                    # private work folder: the database would silently never be saved.
+                    lines.append("user root")
             config.write_text("\n".join(lines) + "\n" + self.extra_config)
             return [mosquitto_binary(), "-c", str(config)]
         config = self.workdir / "amqtt.yaml"

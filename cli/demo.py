@@ -9,7 +9,6 @@ started is stopped on exit or Ctrl-C.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess

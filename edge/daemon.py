@@ -66,11 +66,11 @@ class EdgeDaemon:
         self.outbox: Outbox | None = None
         self.publisher = None
 
-    def _source_event(self, level: str, kind: str, message: str) -> None:
+    def _source_event(self, level: str, kind: str, message: str, source: str | None = None) -> None:
         if self.worker is None:
             log.warning("%s: %s", kind, message)
         else:
-            self.worker.event(level, kind, message)
+            self.worker.event(level, kind, message, source=source)
 
     def _status(self, state: str, reason: str | None) -> dict:
         return status_payload(state=state, site=self.config.site, device=self.config.device, model=self.model,

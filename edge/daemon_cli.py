@@ -57,13 +57,15 @@ def config_options(command):
         flags = {key: values.pop(_param_name(flag)) for flag, key, _, _ in OPTIONS}
         flags["bundle"] = bundle
         flags["mqtt.tls_insecure"] = tls_insecure
-        flags["dicom.allowed_callers"] = list(allowed_caller) or None
+        # Repeatable and comma-separated both work: --allowed-caller A --allowed-caller B, or A,B.
+        callers = [name.strip() for value in allowed_caller for name in value.split(",") if name.strip()]
+        flags["dicom.allowed_callers"] = callers or None
         return command(load_config(config_file, flags=flags), **values)
 
     for flag, key, kind, help_text in reversed(OPTIONS):
         wrapper = click.option(flag, _param_name(flag), type=kind, default=None, help=help_text)(wrapper)
-    wrapper = click.option("--allowed-caller", "allowed_caller", multiple=True,
-                           help="Calling AE title allowed to send (repeatable). [default: anyone]")(wrapper)
+    wrapper = click.option("--allowed-callers", "--allowed-caller", "allowed_caller", multiple=True,
+                           help="Calling AE titles allowed to send: AE1,AE2 (repeatable). [default: anyone]")(wrapper)
     wrapper = click.option("--tls-insecure/--tls-verify", "tls_insecure", default=None,
                            help="Skip the broker certificate's host name check (never the default).")(wrapper)
     wrapper = click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
@@ -185,7 +187,9 @@ def _check_camera(config: EdgeConfig) -> list[str]:
     capture = cv2.VideoCapture(int(src) if src.isdigit() else src)
     try:
         if not capture.isOpened():
-            return [f"camera.src {src!r} cannot be opened"]
+            from .sources.camera import redact
+
+            return [f"camera.src {redact(src)!r} cannot be opened"]
         return []
     finally:
         capture.release()

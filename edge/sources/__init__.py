@@ -9,7 +9,12 @@ def build_sources(config, on_event=None) -> list[Source]:
     imported only when configured, so a device without pynetdicom or a camera never needs them.
 
     `on_event(level, kind, message)` receives the sources' own events (camera lost, DICOM
-    association refused); the daemon publishes them on the error topic."""
+    association refused); the daemon publishes them on the error topic, named by source."""
+    def events_of(name: str):
+        if on_event is None:
+            return None
+        return lambda level, kind, message: on_event(level, kind, message, source=name)
+
     sources: list[Source] = []
     if config.watch.dir is not None:
         from .watch import WatchFolder
@@ -25,11 +30,12 @@ def build_sources(config, on_event=None) -> list[Source]:
         except ImportError as error:
             raise ConfigError(f"dicom.port: the DICOM receiver needs pip install 'medge[dicom]' ({error})") from None
         sources.append(DicomReceiver(config.dicom.port, config.dicom.ae_title, config.dicom.allowed_callers,
-                                     max_pixels=config.log.max_pixels, on_event=on_event))
+                                     max_pixels=config.log.max_pixels, on_event=events_of("dicom")))
     if config.camera.src is not None:
         from .camera import CameraSource
 
-        sources.append(CameraSource(config.camera.src, config.camera.fps, config.camera.roi, on_event=on_event))
+        sources.append(CameraSource(config.camera.src, config.camera.fps, config.camera.roi,
+                                    on_event=events_of("camera")))
     return sources
 
 
