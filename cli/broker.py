@@ -62,12 +62,12 @@ class LocalBroker:
         if self.kind == "mosquitto":
             config = self.workdir / "mosquitto.conf"
             lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
+            if os.geteuid() == 0:
+                # Started as root, Mosquitto drops to the `mosquitto` user, which can neither read
+                # files in a private folder (certificates, password file) nor save its database there.
+                lines.append("user root")
             if self.persistence:
                 lines += ["persistence true", f"persistence_location {self.workdir}/", "autosave_interval 1"]
-                if os.geteuid() == 0:
-                    # Started as root, Mosquitto drops to the `mosquitto` user, which cannot write a
-                    # private work folder: the database would silently never be saved.
-                    lines.append("user root")
             config.write_text("\n".join(lines) + "\n" + self.extra_config)
             return [mosquitto_binary(), "-c", str(config)]
         config = self.workdir / "amqtt.yaml"
@@ -89,13 +89,7 @@ class LocalBroker:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
 
     def kill(self) -> None:
@@ -114,6 +108,28 @@ class LocalBroker:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM (a clean shutdown: medge's daemons publish 'offline'), SIGKILL if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it is true (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
 
 
 def mosquitto_binary() -> str | None:

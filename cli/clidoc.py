@@ -26,7 +26,8 @@ def render_cli_reference() -> str:
              "Every option can also be set from the environment: `MEDGE_<COMMAND>_<OPTION>`,",
              "e.g. `MEDGE_TRAIN_EPOCHS=5` (nested commands join their names: `MEDGE_EDGE_RUN_SITE`).", ""]
     for path, command in _walk(cli, ["medge"]):
-        context = click.Context(command, info_name=" ".join(path))
+        # A fixed width: the reference must not depend on the terminal it was generated in.
+        context = click.Context(command, info_name=" ".join(path), terminal_width=100, max_content_width=100)
         parts += [f"## `{' '.join(path)}`", "", "```", command.get_help(context).rstrip(), "```", ""]
     return "\n".join(parts)
 

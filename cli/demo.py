@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from medge import DISCLAIMER
-from medge.broker import LocalBroker, free_port, wait_for_port
+from medge.broker import LocalBroker, free_port, stop_process, wait_for_port, wait_until
 from medge.data import chest_xray_sample_files
 from medge.edge.errors import MedgeError
 
@@ -64,13 +64,7 @@ class Processes:
             if isinstance(process, LocalBroker):
                 process.stop()
                 continue
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)  # the daemon publishes 'offline' and exits 0
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process, timeout=15)
         self.running.clear()
 
 
@@ -133,20 +127,11 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _wait(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 @click.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("medge-demo"),
               show_default=True, help="Where the run, bundle, watch folder, state and logs go.")
 @click.option("--epochs", type=click.IntRange(1), default=8, show_default=True, help="Training epochs.")
-@click.option("--quick", is_flag=True, help="A short training (3 epochs, ~30 s): for tests and a first look.")
+@click.option("--quick", is_flag=True, help="A short training (5 epochs, under a minute): for tests and a first look.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
               help="Dashboard port (0 = any free port).")
 @click.option("--broker", "broker_kind", type=click.Choice(["auto", "mosquitto", "amqtt"]), default="auto",
@@ -170,7 +155,7 @@ def demo_command(workdir: Path, epochs: int, quick: bool, port: int, broker_kind
     click.secho(f"medge demo - {DISCLAIMER}", fg="yellow")
     try:
         stage("Train a CNN on the bundled PneumoniaMNIST (real pediatric chest X-rays, 28x28)")
-        train_args = ["train", "--out", str(run_dir), "--epochs", str(3 if quick else epochs)]
+        train_args = ["train", "--out", str(run_dir), "--epochs", str(5 if quick else epochs)]
         if quick:
             train_args += ["--bootstrap", "200"]
         _run_foreground(_medge(*train_args))
@@ -217,10 +202,10 @@ def demo_command(workdir: Path, epochs: int, quick: bool, port: int, broker_kind
         stage(f"Copy {len(samples)} real chest X-rays into {inbox}")
         for path in samples:
             shutil.copy2(path, inbox / path.name)
-        if not _wait(lambda: len(listener.results) >= len(samples), timeout=120):
+        if not wait_until(lambda: len(listener.results) >= len(samples), timeout=120):
             raise MedgeError(f"demo: only {len(listener.results)} of {len(samples)} results arrived; "
                              f"see {workdir / 'logs' / 'edge.log'}")
-        _wait(lambda: _dashboard_results(dashboard_port) >= len(samples), timeout=20)
+        wait_until(lambda: _dashboard_results(dashboard_port) >= len(samples), timeout=20)
         shown = _dashboard_results(dashboard_port)
         listener.close()
 

@@ -18,6 +18,7 @@ from medge.edge.errors import ConfigError
 from medge.edge.frame_quality import FrameQuality
 from medge.edge.sources.base import InputItem, Outcome
 from medge.edge.sources.camera import CameraSource, redact
+from tests.fixtures.broker import wait_until
 from tests.fixtures.video import MjpegCamera, scene, truncate, write_video
 
 
@@ -38,15 +39,6 @@ class FrameWorker:
             time.sleep(self.delay)
             self.frames.append((item, decoded))
             item.done(Outcome(ok=True))
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

@@ -22,9 +22,13 @@ from tests.fixtures.bundles import FIXTURE_LIMITS, convert_run
 # Loose enough for the seconds-trained fixture model (see tests/fixtures/bundles.py).
 LIMIT_FLAGS = ["--max-auc-drop", FIXTURE_LIMITS["max_auc_drop"], "--max-sensitivity-drop",
                FIXTURE_LIMITS["max_sensitivity_drop"], "--min-agreement", FIXTURE_LIMITS["min_agreement"]]
-# Largest |probability difference| to the float Keras model each format may show on test images.
+# Largest and mean |probability difference| to the float Keras model each format may show on
+# test images. int8 moves a few images near the steep middle of the sigmoid by up to ~0.1 while
+# the typical image moves by well under 0.01; the gate judges what that does to decisions.
 TOLERANCE = {"tflite-f32": 1e-4, "onnx-f32": 1e-4, "tflite-f16": 5e-3, "tflite-dynamic": 0.05,
-             "tflite-int8": 0.05, "onnx-int8": 0.05}
+             "tflite-int8": 0.15, "onnx-int8": 0.15}
+MEAN_TOLERANCE = {"tflite-f32": 1e-5, "onnx-f32": 1e-5, "tflite-f16": 1e-3, "tflite-dynamic": 0.01,
+                  "tflite-int8": 0.02, "onnx-int8": 0.02}
 
 
 def convert_cli(*args):
@@ -51,6 +55,7 @@ def test_each_format_round_trips_through_the_edge_runtime(all_formats_bundle, te
     x, reference = test_split
     scores = predictor.predict(x)[:, 1]
     assert np.max(np.abs(scores - reference)) <= TOLERANCE[format_name]
+    assert np.mean(np.abs(scores - reference)) <= MEAN_TOLERANCE[format_name]
     if format_name == "tflite-int8":
         assert artifact.input.dtype == "int8" and artifact.output.dtype == "int8"
     # Full-integer files end at the logits; the runtime applies the sigmoid (see convert/head.py).

@@ -88,8 +88,7 @@ def test_credentials_and_tls_stay_on_the_server(tmp_path):
     tls = make_tls_files(tmp_path / "tls")
     passwords = mosquitto_password_file(tmp_path / "passwd", "clinic-dashboard", "s3cret-Pa55")
     tls_port = free_port()
-    # mosquitto started as root drops to its own user, which cannot read pytest's private tmp dir
-    config = ("user root\nallow_anonymous false\n" f"password_file {passwords}\n"
+    config = ("allow_anonymous false\n" f"password_file {passwords}\n"
               f"listener {tls_port} 127.0.0.1\ncafile {tls['ca']}\ncertfile {tls['cert']}\nkeyfile {tls['key']}\n")
     with LocalBroker(kind="mosquitto", workdir=tmp_path / "broker", extra_config=config) as secured:
         wrong = DashboardProcess(secured.url, tmp_path / "wrong.sqlite", extra=["--username", "clinic-dashboard"],

@@ -15,6 +15,7 @@ import pytest
 
 from medge.broker import LocalBroker, free_port
 from medge.edge.schemas import load_schema
+from tests.fixtures.broker import wait_until
 from tests.fixtures.edge import (PHI, SessionSubscriber, make_tls_files, mosquitto_password_file, small_xray,
                                  write_atomically, xray_dicom, xray_files)
 
@@ -27,15 +28,6 @@ def validate(payload: dict) -> dict:
 def png(path, index, size=96):
     ok, data = cv2.imencode(".png", small_xray(index, size))
     return write_atomically(path, data.tobytes())
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def by_input(results: list[dict]) -> dict[str, set[str]]:
@@ -173,8 +165,7 @@ def tls_broker(tmp_path):
     passwords.write_text(passwords.read_text() + (tmp_path / "passwd2").read_text())
     tls_port = free_port()
     extra = (f"allow_anonymous false\npassword_file {passwords}\n"
-             + ("user root\n" if os.geteuid() == 0 else "")
-             + f"listener {tls_port} 127.0.0.1\ncafile {tls['ca']}\ncertfile {tls['cert']}\nkeyfile {tls['key']}\n")
+             f"listener {tls_port} 127.0.0.1\ncafile {tls['ca']}\ncertfile {tls['cert']}\nkeyfile {tls['key']}\n")
     with LocalBroker(kind="mosquitto", workdir=tmp_path / "broker", extra_config=extra) as running:
         running.tls_port = tls_port
         running.tls = tls

@@ -14,7 +14,7 @@ def test_importing_every_edge_module_never_imports_tensorflow():
         "import importlib, pkgutil, sys, medge.edge\n"
         "for module in pkgutil.walk_packages(medge.edge.__path__, 'medge.edge.'):\n"
         "    importlib.import_module(module.name)\n"
-        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx') "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx') "
         "or m.startswith(('medge.train', 'medge.convert', 'medge.dashboard')))\n"
         "print(len([m for m in sys.modules if m.startswith('medge.edge')]))\n"
         "assert not bad, bad\n"

@@ -106,6 +106,11 @@ def fit_member(config: TrainConfig, dataset: Dataset, train_split, seed: int, lo
     from .models import build_model, compile_model
 
     keras.utils.set_random_seed(seed)
+    # Same seed, same data, same machine -> the same model: multi-threaded CPU kernels are
+    # otherwise free to reorder float sums, and a re-run would not reproduce a published run.
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
     n_classes = len(dataset.classes)
     model = build_model(dataset.spec.input_shape, n_classes, config, name=name)
     compile_model(model, n_classes, config.learning_rate)

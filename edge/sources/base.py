@@ -9,6 +9,7 @@ once its result can no longer be lost.
 from __future__ import annotations
 
 import abc
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,12 +35,16 @@ class InputItem:
 
 
 Submit = Callable[[InputItem], None]
+EventSink = Callable[[str, str, str], None]  # (level "error"|"warning", kind, one-line message)
+
+log = logging.getLogger(__name__)
 
 
 class Source(abc.ABC):
     """One input source. `start` must return quickly (run loops in threads); `stop` must not hang."""
 
     name: str = "source"
+    on_event: EventSink | None = None
 
     @abc.abstractmethod
     def start(self, submit: Submit) -> None: ...
@@ -50,3 +55,14 @@ class Source(abc.ABC):
     def health(self) -> dict:
         """Counters and state for the heartbeat (e.g. {"connected": True, "frames_skipped": 3})."""
         return {}
+
+    def emit(self, level: str, kind: str, message: str) -> None:
+        """A source event (stream lost, caller refused) to the daemon, which logs and publishes
+        it, or to the log when the source runs alone."""
+        if self.on_event is None:
+            log.log(logging.ERROR if level == "error" else logging.WARNING, message)
+            return
+        try:
+            self.on_event(level, kind, message)
+        except Exception:  # a failing event sink must never stop a source
+            log.exception("%s: event sink failed", self.name)

@@ -20,7 +20,6 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -28,11 +27,10 @@ import numpy as np
 from ..errors import ConfigError
 from ..frame_quality import REASONS, FrameQuality, QualityThresholds
 from ..preprocess import DecodedImage, to_display_pixels
-from .base import InputItem, Outcome, Source, Submit
+from .base import EventSink, InputItem, Outcome, Source, Submit
 
 log = logging.getLogger(__name__)
 
-EventSink = Callable[[str, str, str], None]  # (level "error"|"warning", kind, one-line message)
 
 URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
 # OpenCV (FFmpeg) otherwise waits ~30 s on a dead host and forever on a stalled stream.
@@ -145,7 +143,7 @@ class CameraSource(Source):
                 continue
             self._state = "streaming"
             if down:
-                self._emit("warning", "source_up", f"camera {self.display_src}: stream is back after "
+                self.emit("warning", "source_up", f"camera {self.display_src}: stream is back after "
                                                    f"{attempts} reconnect attempt{'s' if attempts != 1 else ''}")
                 down, attempts = False, 0
             try:
@@ -263,7 +261,7 @@ class CameraSource(Source):
         if cropped.shape[0] < 8 or cropped.shape[1] < 8:
             if not self._roi_reported:
                 self._roi_reported = True
-                self._emit("error", "camera_roi", f"camera {self.display_src}: camera.roi {list(self.roi)} lies "
+                self.emit("error", "camera_roi", f"camera {self.display_src}: camera.roi {list(self.roi)} lies "
                                                   f"outside the {columns}x{rows} frame; frames are skipped")
             return None
         return np.ascontiguousarray(cropped)
@@ -282,20 +280,11 @@ class CameraSource(Source):
     def _down(self, message: str) -> None:
         self._state = "down"
         self._last_error = message
-        self._emit("error", "source_down", message)
+        self.emit("error", "source_down", message)
 
     def _finish(self, state: str, level: str, kind: str, message: str) -> None:
         self._state = state
         if level == "error":
             self._last_error = message
-        self._emit(level, kind, message)
+        self.emit(level, kind, message)
 
-    def _emit(self, level: str, kind: str, message: str) -> None:
-        """To the daemon (which logs and publishes it), or to the log when running alone."""
-        if self.on_event is None:
-            log.log(logging.ERROR if level == "error" else logging.WARNING, message)
-            return
-        try:
-            self.on_event(level, kind, message)
-        except Exception:
-            log.exception("camera: event sink failed")

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
 
 from ..errors import ConfigError, InputError
 from ..preprocess import DEFAULT_MAX_PIXELS, DecodedImage, decode_dicom_dataset
-from .base import InputItem, Outcome, Source, Submit
+from .base import EventSink, InputItem, Outcome, Source, Submit
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,6 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700  # transient: the scanner should retry later
 STATUS_CANNOT_UNDERSTAND = 0xC000  # this instance cannot be processed
 
-EventSink = Callable[[str, str, str], None]  # (level "error"|"warning", kind, one-line message)
 
 
 def validate_ae_title(title: str, key: str) -> str:
@@ -145,16 +143,6 @@ class DicomReceiver(Source):
         with self._lock:
             self._counters[key] += 1
 
-    def _emit(self, level: str, kind: str, message: str) -> None:
-        """To the daemon (which logs and publishes it), or to the log when running alone."""
-        if self.on_event is None:
-            log.log(logging.ERROR if level == "error" else logging.WARNING, message)
-            return
-        try:
-            self.on_event(level, kind, message)
-        except Exception:  # an event sink failure must never break the association
-            log.exception("DICOM receiver: event sink failed")
-
     def _on_established(self, event) -> None:
         self._count("associations")
 
@@ -164,7 +152,7 @@ class DicomReceiver(Source):
         why = ("not in dicom.allowed_callers" if self.allowed_callers and caller not in self.allowed_callers
                else "too many simultaneous associations")
         message = f"DICOM receiver refused an association from AE title {caller!r} ({event.assoc.requestor.address}): {why}"
-        self._emit("warning", "association_refused", message)
+        self.emit("warning", "association_refused", message)
 
     def _on_echo(self, event) -> int:
         self._count("echoes")
