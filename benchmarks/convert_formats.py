@@ -32,7 +32,9 @@ TARGETS = {"int8_auc_drop": 0.002, "int8_agreement": 0.99, "int8_size_ratio": 0.
 
 def find_run() -> Path | None:
     """The run of the TRAIN benchmark with the default configuration (no overrides), if still on disk."""
-    for result in sorted(RESULTS.glob("train_pneumoniamnist*.json")):
+    # The untagged result first: it is the latest run of the defaults.
+    candidates = [RESULTS / "train_pneumoniamnist.json"] + sorted(RESULTS.glob("train_pneumoniamnist-*.json"))
+    for result in filter(Path.exists, candidates):
         data = json.loads(result.read_text())
         run = Path(data.get("run", ""))
         if not data.get("overrides") and (run / "model.keras").is_file():

@@ -64,7 +64,7 @@ def cli():
 
 def main():
     # TensorFlow's C++ INFO/WARNING chatter buries medge's own progress and tables.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     cli()
 
 

@@ -32,7 +32,7 @@ def build_cnn(input_shape, n_classes: int, config: TrainConfig, name: str = "cnn
             x = layers.Conv2D(filters, 3, padding="same", use_bias=not config.batch_norm,
                               name=f"block{block}_conv{conv}")(x)
             if config.batch_norm:
-                x = layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn{conv}")(x)
+                x = layers.BatchNormalization(name=f"block{block}_bn{conv}")(x)
             x = layers.ReLU(name=f"block{block}_relu{conv}")(x)
         if min(x.shape[1], x.shape[2]) >= 2 * 2:
             x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
