@@ -15,31 +15,14 @@ from medge.edge.bundle import MANIFEST_NAME, load_bundle, write_manifest
 from medge.edge.classify import Classifier
 from medge.edge.preprocess import decode_image
 from medge.main import cli
+from tests.fixtures.dicom import CR_IMAGE, write_xray_dicom
 
 
 def write_cr_dicom(jpeg: Path, target: Path, modality: str = "CR") -> Path:
     """A 12-bit chest radiograph DICOM made from a real chest X-ray, as a CR scanner stores it."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     gray = cv2.imread(str(jpeg), cv2.IMREAD_GRAYSCALE)
     gray = cv2.resize(gray, (gray.shape[1] // 4, gray.shape[0] // 4), interpolation=cv2.INTER_AREA)
-    pixels = (gray.astype(np.uint16) * 16)  # 12 bits stored
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.BodyPartExamined = modality, "CHEST"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(target, enforce_file_format=True)
-    return target
+    return write_xray_dicom(target, gray, modality=modality, sop_class=CR_IMAGE)
 
 
 @pytest.fixture(scope="module")
