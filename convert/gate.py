@@ -90,6 +90,9 @@ def compare(reference: np.ndarray, candidate: np.ndarray, y: np.ndarray, classes
 def check(metrics: dict, limits: GateLimits) -> list[str]:
     """Every limit the metrics break, each as one line saying which metric and by how much."""
     failures = []
+    # NaN scores sort and threshold as if they were numbers, so AUC and agreement alone can miss them.
+    if not np.isfinite(metrics["max_abs_score_diff"]):
+        failures.append("the model outputs non-finite scores (NaN or infinity) on some images")
     auc_drop = -metrics["auc_delta"]
     if not np.isnan(auc_drop) and auc_drop > limits.max_auc_drop:
         failures.append(f"AUC dropped by {auc_drop:.4f} ({metrics['auc'] - metrics['auc_delta']:.4f} -> "

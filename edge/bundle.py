@@ -177,8 +177,10 @@ def bundle_files(folder: Path) -> list[str]:
     """Every file a manifest must cover: all regular files except the manifest and signature."""
     names = []
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name not in (MANIFEST_NAME, SIGNATURE_NAME):
-            names.append(path.relative_to(folder).as_posix())
+        name = path.relative_to(folder).as_posix()
+        # Only the top-level manifest and signature are exempt: a "sub/medge.sig" must be covered.
+        if path.is_file() and name not in (MANIFEST_NAME, SIGNATURE_NAME):
+            names.append(name)
     return names
 
 
@@ -231,12 +233,23 @@ def _parse_manifest(data: bytes, path: Path) -> dict:
             raise BundleError(f"{path}: manifest has no {key!r}")
     if not manifest["artifacts"] or not isinstance(manifest["artifacts"], list):
         raise BundleError(f"{path}: manifest lists no model artifact")
+    if not isinstance(manifest["files"], dict):
+        raise BundleError(f"{path}: manifest 'files' must map each file name to its sha256")
     for entry in manifest["artifacts"]:
+        if not isinstance(entry, dict):
+            raise BundleError(f"{path}: every model artifact must be a JSON object")
         missing = [key for key in ("file", "format", "sha256", "input", "output") if key not in entry]
         if missing:
             raise BundleError(f"{path}: model artifact {entry.get('file', '?')!r} has no {missing[0]!r}")
     if manifest["task"] == "binary" and (manifest.get("threshold") is None or not manifest.get("positive_class")):
         raise BundleError(f"{path}: a binary model needs 'threshold' and 'positive_class'")
+    threshold, classes = manifest.get("threshold"), manifest["classes"]
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        raise BundleError(f"{path}: threshold must be a number, not {threshold!r}")
+    if manifest["task"] == "binary":
+        if not isinstance(classes, list) or len(classes) != 2 or manifest["positive_class"] not in classes:
+            raise BundleError(f"{path}: a binary model needs exactly 2 classes including positive_class "
+                              f"{manifest['positive_class']!r} (has {classes!r})")
     try:
         PreprocessSpec.from_dict(manifest["preprocessing"])
     except Exception as error:
@@ -247,8 +260,11 @@ def _parse_manifest(data: bytes, path: Path) -> dict:
 def _verify_files(folder: Path, manifest: dict) -> None:
     files = manifest["files"]
     for entry in manifest["artifacts"]:
-        if entry.get("file") not in files:
+        if not isinstance(entry.get("file"), str) or entry["file"] not in files:
             raise BundleError(f"{folder}: model file {entry.get('file')!r} is not covered by the manifest's hashes")
+        if entry.get("sha256") != files[entry["file"]]:
+            # Artifact.sha256 is what results report as the model's identity: it must be the verified one.
+            raise BundleError(f"{folder}: model file {entry['file']!r} has a different sha256 in 'artifacts' than in 'files'")
     for name, expected in files.items():
         target = (folder / name).resolve()
         if folder.resolve() not in target.parents:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .bundle import Artifact, Bundle
+from .errors import BundleError
 from .preprocess import preprocess
 from .runtime import Predictor, create_predictor
 
@@ -54,6 +55,11 @@ class Classifier:
         self.artifact: Artifact = bundle.artifact(format)
         self.spec = bundle.spec
         self.predictor: Predictor = create_predictor(self.artifact, runtime=runtime, threads=threads)
+        # A model whose output does not match the class list would mislabel (or crash) on every image.
+        width, n_classes = int(self.predictor.output.shape[-1]), len(bundle.classes)
+        if width > 0 and width != n_classes and not (width == 1 and n_classes == 2):
+            raise BundleError(f"{bundle.path}: the model outputs {width} values but the bundle lists "
+                              f"{n_classes} classes ({', '.join(bundle.classes)})")
 
     @property
     def runtime_name(self) -> str:

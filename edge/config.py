@@ -73,7 +73,10 @@ class MqttSettings:
 
     def resolved_password(self) -> str | None:
         if self.password_file is not None:
-            return self.password_file.read_text().strip()
+            try:
+                return self.password_file.read_text().strip()
+            except (OSError, UnicodeDecodeError) as error:
+                raise ConfigError(f"mqtt.password_file: cannot read {self.password_file} ({error})") from None
         return self.password
 
 
@@ -278,8 +281,10 @@ def read_toml(path: Path) -> dict:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config: file {path} not found") from None
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config: {path} is not valid TOML ({error})") from None
+    except OSError as error:
+        raise ConfigError(f"config: cannot read {path} ({error.strerror or error})") from None
 
 
 def load_config(config_file: str | Path | None = None, env: dict | None = None,
@@ -342,7 +347,10 @@ def validate(config: EdgeConfig) -> None:
         if not value or not TOPIC_SAFE.match(value):
             raise ConfigError(f"{name}: {value!r} must be letters, digits, '.', '_' or '-' (it is an MQTT topic level)")
     mqtt = config.mqtt
-    parts = urlsplit(mqtt.broker)
+    try:
+        parts = urlsplit(mqtt.broker)
+    except ValueError:  # e.g. an unclosed [IPv6 address
+        raise ConfigError(f"mqtt.broker: {mqtt.broker!r} must look like mqtt://host:1883 or mqtts://host:8883") from None
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ConfigError(f"mqtt.broker: {mqtt.broker!r} must look like mqtt://host:1883 or mqtts://host:8883")
     try:

@@ -12,6 +12,7 @@ import logging
 import os
 import resource
 import signal
+import sqlite3
 import threading
 import time
 
@@ -82,9 +83,12 @@ class EdgeDaemon:
         from .worker import Worker
 
         config = self.config
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox(config.outbox_path, config.state.outbox_max)
-        pseudonymizer = Pseudonymizer(load_or_create_key(config.pseudonym_key_path))
+        try:
+            config.state_dir.mkdir(parents=True, exist_ok=True)
+            self.outbox = Outbox(config.outbox_path, config.state.outbox_max)
+            pseudonymizer = Pseudonymizer(load_or_create_key(config.pseudonym_key_path))
+        except (OSError, sqlite3.Error) as error:  # one line, not a traceback
+            raise ConfigError(f"state.dir: cannot use {config.state_dir} ({error})") from None
         self.publisher = Publisher(config, self.outbox, self._status)
         self.worker = Worker(classifier=self.classifier, bundle=self.bundle, outbox=self.outbox,
                              pseudonymizer=pseudonymizer, config=config, model=self.model,
@@ -97,10 +101,11 @@ class EdgeDaemon:
                  self.model["format"], self.classifier.runtime_name, config.site, config.device)
         self.publisher.start()
         self.worker.start()
-        for source in self.sources:
-            source.start(self.worker.submit)
-        sd_notify.ready(f"sources: {', '.join(source.name for source in self.sources)}")
         try:
+            # Inside the try: a source that cannot start (port taken) still gets a clean shutdown.
+            for source in self.sources:
+                source.start(self.worker.submit)
+            sd_notify.ready(f"sources: {', '.join(source.name for source in self.sources)}")
             self._main_loop()
         finally:
             self._shutdown()
@@ -129,7 +134,10 @@ class EdgeDaemon:
             sd_notify.watchdog()
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + heartbeat_s
-                self.publisher.publish_now(self.config.topic("heartbeat"), encode(self.heartbeat()))
+                try:
+                    self.publisher.publish_now(self.config.topic("heartbeat"), encode(self.heartbeat()))
+                except Exception:  # a missed heartbeat must not stop the daemon
+                    log.exception("could not publish a heartbeat")
 
     def heartbeat(self) -> dict:
         stats = self.worker.stats

@@ -109,9 +109,14 @@ class Outbox:
                             (input_key, int(outcome.ok), outcome.error, json.dumps(outcome.result_ids), now))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback_locked()
                 raise
         return seqs
+
+    def _rollback_locked(self) -> None:
+        # A failed COMMIT may already have rolled back: a second ROLLBACK would hide the cause.
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def _make_room_locked(self, incoming: int) -> None:
         excess = self._count_locked() + incoming - self.max_messages
@@ -141,8 +146,13 @@ class Outbox:
             self._db.execute("PRAGMA synchronous=NORMAL")
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(statement, rows)
-                self._db.execute("COMMIT")
+                try:
+                    self._db.executemany(statement, rows)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    # Left open, the transaction would make every later write fail.
+                    self._rollback_locked()
+                    raise
             finally:
                 self._db.execute("PRAGMA synchronous=FULL")
 

@@ -132,6 +132,10 @@ class TFLitePredictor(Predictor):
         self.output = replace(_tflite_tensor_info(self._output), activation=activation)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        if not self._resizable and len(batch) < self._batch:
+            # A fixed batch larger than the images given: pad with copies, keep only the real rows.
+            padding = np.repeat(batch[-1:], self._batch - len(batch), axis=0)
+            return self._run(np.concatenate([batch, padding]))[:len(batch)]
         if not self._resizable and len(batch) != self._batch:
             return np.concatenate([self._run(batch[i:i + self._batch]) for i in range(0, len(batch), self._batch)])
         if len(batch) != self._batch:

@@ -141,8 +141,8 @@ class Worker:
         if stored is not None:
             log.info("%s: outcome already stored before a restart; releasing it without classifying again",
                      item.label or item.source)
-            self._release(item, Outcome(ok=stored.ok, error=stored.error, result_ids=stored.result_ids))
-            self.outbox.release_inputs([key])
+            if self._release(item, Outcome(ok=stored.ok, error=stored.error, result_ids=stored.result_ids)):
+                self.outbox.release_inputs([key])
             return None
         if not self._wait_for_room():
             log.warning("%s: left with its source (outbox full at shutdown)", item.label or item.source)
@@ -177,9 +177,12 @@ class Worker:
                 self.stats.rejected += 1
         self._report_drops()
         self.notify()
-        for pending in batch:
-            self._release(pending.item, Outcome(ok=pending.ok, error=pending.error, result_ids=pending.result_ids))
-        self.outbox.release_inputs([pending.key for pending in batch])
+        # A ledger entry is forgotten only once its input is really released: a file that could
+        # not be moved is found again after a restart and must get its stored outcome, not new ids.
+        released = [pending.key for pending in batch
+                    if self._release(pending.item, Outcome(ok=pending.ok, error=pending.error,
+                                                           result_ids=pending.result_ids))]
+        self.outbox.release_inputs(released)
 
     def _results(self, item: InputItem, decoded, input_ref: str, decode_ms: float, started: float) -> list:
         count = len(decoded.frames)
@@ -231,11 +234,13 @@ class Worker:
                        result_ids=[], latency_ms=0.0)
 
     @staticmethod
-    def _release(item: InputItem, outcome: Outcome) -> None:
+    def _release(item: InputItem, outcome: Outcome) -> bool:
+        """True when the source released the input (`done` returning False means it could not)."""
         try:
-            item.done(outcome)
+            return item.done(outcome) is not False
         except Exception:
             log.exception("source could not release %s", item.label or item.source)
+            return False
 
     @staticmethod
     def _scrub(message: str, item: InputItem) -> str:

@@ -139,3 +139,68 @@ def test_keys_generate_writes_a_private_and_a_public_key(tmp_path):
         from medge.edge.bundle import load_public_key
 
         load_public_key(bad)
+
+
+def _rewrite_manifest(bundle, **changes):
+    manifest = json.loads((bundle / MANIFEST_NAME).read_text())
+    manifest.update(changes)
+    (bundle / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def test_manifest_cannot_point_outside_the_bundle_or_misreport_the_model(bundle_copy, tmp_path):
+    model = bundle_copy / "model_int8.tflite"
+    original = json.loads((bundle_copy / MANIFEST_NAME).read_text())
+    outside = tmp_path / "outside.tflite"
+    outside.write_bytes(model.read_bytes())
+    digest = original["files"]["model_int8.tflite"]
+    for name in ("../outside.tflite", str(outside)):
+        files = dict(original["files"], **{name: digest})
+        _rewrite_manifest(bundle_copy, files=files)
+        with pytest.raises(BundleError, match="outside the bundle"):
+            load_bundle(bundle_copy)
+    # A symlink inside the folder to a file elsewhere is outside the bundle too.
+    model.unlink()
+    model.symlink_to(outside)
+    _rewrite_manifest(bundle_copy, files=original["files"])
+    with pytest.raises(BundleError, match="outside the bundle"):
+        load_bundle(bundle_copy)
+    model.unlink()
+    shutil.copyfile(outside, model)
+    artifacts = [dict(original["artifacts"][0], sha256="0" * 64)]
+    _rewrite_manifest(bundle_copy, artifacts=artifacts)
+    with pytest.raises(BundleError, match="different sha256"):
+        load_bundle(bundle_copy)
+    _rewrite_manifest(bundle_copy, artifacts=original["artifacts"], files=["model_int8.tflite"])
+    with pytest.raises(BundleError, match="'files' must map"):
+        load_bundle(bundle_copy)
+    _rewrite_manifest(bundle_copy, files=original["files"])
+    load_bundle(bundle_copy)
+
+
+def test_a_signature_file_in_a_subfolder_is_not_exempt(bundle_copy):
+    (bundle_copy / "sub").mkdir()
+    (bundle_copy / "sub" / SIGNATURE_NAME).write_text("{}")
+    with pytest.raises(BundleError, match="sub/medge.sig is in the bundle but not in its manifest"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"threshold": "0.5"}, "threshold must be a number"),
+    ({"positive_class": "covid"}, "exactly 2 classes"),
+    ({"classes": ["normal", "pneumonia", "covid"]}, "exactly 2 classes"),
+])
+def test_binary_manifest_needs_a_numeric_threshold_and_two_classes(bundle_copy, changes, message):
+    _rewrite_manifest(bundle_copy, **changes)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle_copy)
+    result = run_cli("bundle", "verify", bundle_copy)
+    assert result.exit_code == 1 and message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_model_whose_output_does_not_match_the_classes_is_refused(bundle_copy):
+    from medge.edge.classify import Classifier
+
+    _rewrite_manifest(bundle_copy, task="multiclass", classes=["a", "b", "c"], threshold=None, positive_class=None)
+    with pytest.raises(BundleError, match="outputs 1 values but the bundle lists 3 classes"):
+        Classifier(load_bundle(bundle_copy))

@@ -222,3 +222,20 @@ def test_gate_on_other_labelled_data(trained_run, tmp_path):
     report = json.loads((out / REPORT_NAME).read_text())
     assert report["n_images"] == 60 and report["data"] == str((tmp_path / "site").resolve())
     assert load_bundle(out).manifest["gate"]["data"] == report["data"]
+
+
+def test_gate_refuses_a_model_with_a_few_nan_scores():
+    from medge.convert.gate import GateLimits, check, compare
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 100)
+    p = np.clip(0.3 * y + 0.35 + rng.normal(0, 0.15, len(y)), 0.0, 1.0)
+    reference = np.stack([1 - p, p], axis=1)
+    candidate = reference.copy()
+    candidate[:1] = np.nan  # one image in 200: agreement stays 99.5 %, AUC barely moves
+    metrics = compare(reference, candidate, y, ["normal", "pneumonia"], "binary", 0.5, "pneumonia")
+    assert metrics["agreement"] >= 0.98
+    failures = check(metrics, GateLimits(max_auc_drop=0.05, max_sensitivity_drop=0.05, min_agreement=0.98))
+    assert any("non-finite" in failure for failure in failures)
+    assert check(compare(reference, reference, y, ["normal", "pneumonia"], "binary", 0.5, "pneumonia"),
+                 GateLimits()) == []

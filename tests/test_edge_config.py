@@ -75,6 +75,7 @@ def test_section_qualified_environment_names_and_lists():
     ('[log]\nformat = "xml"\n', "log.format"),
     ('[mqtt]\npassword = "x"\n', "mqtt.username"),
     ('mqtt = 3\n', "mqtt"),
+    ('[mqtt]\nbroker = "mqtt://[::1"\n', "mqtt.broker"),  # urlsplit itself raises
 ])
 def test_invalid_values_name_the_key(tmp_path, toml, key):
     (tmp_path / "edge.toml").write_text(toml)
@@ -87,6 +88,11 @@ def test_broken_toml_is_one_clear_line(tmp_path):
     (tmp_path / "edge.toml").write_text("[mqtt\nbroker=")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "edge.toml", env={})
+    (tmp_path / "edge.toml").write_bytes(b'site = "\xff"\n')  # not UTF-8
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path / "edge.toml", env={})
+    with pytest.raises(ConfigError, match="config: cannot read"):
+        load_config(tmp_path, env={})  # a directory, or a file the daemon may not read
 
 
 def test_password_comes_from_env_or_file_never_a_flag(tmp_path):

@@ -211,3 +211,20 @@ def test_an_unusable_ca_file_stops_the_daemon_with_one_line(tmp_path, int8_bundl
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("Error: mqtt.ca_file: cannot load the TLS files")
     assert "Traceback" not in done.stderr
+
+
+def test_an_unusable_state_dir_is_one_line_naming_the_key(tmp_path):
+    from types import SimpleNamespace
+
+    from medge.edge.config import load_config
+    from medge.edge.daemon import EdgeDaemon
+    from medge.edge.errors import ConfigError
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "bundle").mkdir()
+    config = load_config(env={}, flags={"bundle": str(tmp_path / "bundle"), "watch.dir": str(tmp_path / "in"),
+                                        "state.dir": str(tmp_path / "file" / "state")})
+    classifier = SimpleNamespace(bundle=SimpleNamespace(name="m", version="1"), runtime_name="stub",
+                                 artifact=SimpleNamespace(sha256="0" * 64, format="tflite-int8"))
+    with pytest.raises(ConfigError, match=r"^state\.dir: cannot use"):
+        EdgeDaemon(config, classifier=classifier).run()

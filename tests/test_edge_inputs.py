@@ -320,3 +320,32 @@ def test_a_full_outbox_keeps_new_inputs_waiting_in_the_folder_and_says_so(tmp_pa
         pipeline.wait_released(15)
     assert list(pipeline.inbox.glob("img*.png")) == []
     assert len(list(pipeline.config.processed_dir.iterdir())) == 14
+
+
+def test_a_file_that_cannot_be_moved_keeps_its_ledger_entry_so_a_restart_does_not_classify_it_again(
+        tmp_path, classifier, monkeypatch):
+    import medge.edge.sources.watch as watch_module
+
+    real_free_name = watch_module._free_name
+
+    def unwritable(target):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(watch_module, "_free_name", unwritable)
+    with Pipeline(tmp_path, classifier) as pipeline:
+        write_atomically(pipeline.inbox / "a.png", png_bytes(small_xray(0, 64)))
+        deadline = time.monotonic() + 30
+        while pipeline.watch.health()["move_failures"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pipeline.watch.health()["move_failures"] == 1
+    first = pipeline.payloads("result")
+    assert len(first) == 1 and (pipeline.inbox / "a.png").is_file()
+    assert pipeline.outbox.stored_outcome("watch:a.png") is not None  # not forgotten: the file is still here
+    pipeline.outbox.close()
+
+    monkeypatch.setattr(watch_module, "_free_name", real_free_name)
+    with Pipeline(tmp_path, classifier) as restarted:
+        restarted.wait_released(1)
+    assert (restarted.config.processed_dir / "a.png").is_file()
+    assert [r["id"] for r in restarted.payloads("result")] == [r["id"] for r in first]  # no second id
+    assert restarted.outbox.stored_outcome("watch:a.png") is None

@@ -101,3 +101,41 @@ def test_publisher_survives_a_broker_outage_and_deletes_only_acknowledged_rows(t
         publisher.stop()
         consumer.close()
         outbox.close()
+
+
+def test_a_failed_relaxed_write_leaves_no_open_transaction(tmp_path):
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    try:
+        outbox.remove([object()])  # cannot be bound: fails inside the transaction
+    except sqlite3.Error:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError("expected a binding error")
+    outbox.add(_messages("result", 1))  # later writes still work
+    assert outbox.count() == 1
+    outbox.close()
+
+
+def test_qos0_publish_acks_never_settle_a_later_outbox_row(tmp_path):
+    from types import SimpleNamespace
+
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    config = load_config(env={}, flags={"site": "s", "device": "d", "state.dir": str(tmp_path)})
+    outbox = Outbox(config.outbox_path)
+    publisher = Publisher(config, outbox, lambda state, reason: status_payload(state=state, site="s", device="d"))
+    success = ReasonCode(PacketTypes.PUBACK, "Success")
+
+    class SameMidClient:  # paho's mids wrap at 65535: a heartbeat's mid comes back for an outbox row
+        def publish(self, topic, payload, qos=0, retain=False):
+            return SimpleNamespace(mid=7, rc=0)
+
+    publisher.client = SameMidClient()
+    publisher._publish("medge/s/d/heartbeat", b"{}", qos=0)
+    publisher._on_publish(None, None, 7, success)  # paho calls on_publish for QoS 0 too
+    publisher._publish("medge/s/d/result", b"{}", qos=1, seq=42)
+    assert publisher._acked == [] and publisher.pending() == 1  # not acknowledged by the broker yet
+    publisher._on_publish(None, None, 7, success)  # the real PUBACK
+    assert publisher._acked == [42]
+    outbox.close()

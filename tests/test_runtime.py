@@ -80,3 +80,17 @@ def test_bad_runtime_requests_and_bad_files_are_refused(int8_bundle, tmp_path):
     (tmp_path / "garbage.onnx").write_bytes(b"\0" * 64)
     with pytest.raises(BundleError, match="cannot load this model"):
         create_predictor(tmp_path / "garbage.onnx")
+
+
+def test_a_fixed_batch_model_accepts_fewer_or_more_images_than_its_batch(tmp_path):
+    import tensorflow as tf
+
+    inputs = tf.keras.Input(shape=(8, 8, 1), batch_size=4)
+    outputs = tf.keras.layers.Dense(1, activation="sigmoid")(tf.keras.layers.Flatten()(inputs))
+    path = tmp_path / "fixed4.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(inputs, outputs)).convert())
+    predictor = create_predictor(path)
+    x = np.random.default_rng(0).random((6, 8, 8, 1), dtype=np.float32)
+    batch = predictor.predict(x)  # 4 + a padded 2: used to recurse forever
+    single = np.concatenate([predictor.predict(x[i:i + 1]) for i in range(len(x))])
+    assert batch.shape == (6, 2) and np.allclose(batch, single, atol=1e-6)

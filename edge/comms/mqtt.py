@@ -133,8 +133,10 @@ class Publisher:
     # ------------------------------------------------------------------ publishing
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool = False, seq: int | None = None):
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        if qos == 0:
-            return info
+        if qos == 0 and info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return info  # dropped by paho (offline): no on_publish will come for it
+        # QoS 0 mids are tracked too (seq None): paho calls on_publish for them, and an untracked
+        # mid left in _early_acks would, once mids wrap, delete a later outbox row un-acknowledged.
         with self._lock:
             early = self._early_acks.pop(info.mid, None)
             if early is None:
@@ -155,20 +157,37 @@ class Publisher:
         self._wake.set()
 
     def _run(self) -> None:
+        failure = None
         while not self._stopping.is_set():
             self._wake.wait(0.5)
             self._wake.clear()
-            self._flush_acks()
-            if self._connected.is_set():
-                self._fill_window()
+            try:
+                self._flush_acks()
+                if self._connected.is_set():
+                    self._fill_window()
+                failure = None
+            except Exception as error:  # e.g. disk full: keep publishing once it clears
+                if str(error) != failure:
+                    log.error("publishing from the outbox failed: %s; retrying", error)
+                    failure = str(error)
+                self._stopping.wait(1.0)
             time.sleep(ACK_FLUSH_S if self._acked else 0)
-        self._flush_acks()
+        try:
+            self._flush_acks()
+        except Exception as error:
+            log.warning("could not record the last acknowledgements (%s); those messages are sent again "
+                        "(same ids) after the next start", error)
 
     def _flush_acks(self) -> None:
         with self._lock:
             acked, self._acked = self._acked, []
         if acked:
-            self.outbox.remove(acked)
+            try:
+                self.outbox.remove(acked)
+            except BaseException:
+                with self._lock:  # kept for the next try
+                    self._acked[:0] = acked
+                raise
             self.published += len(acked)
 
     def _fill_window(self) -> None:

@@ -30,7 +30,8 @@ class InputItem:
     ref: str
     # Decodes the input when the worker gets to it, so a slow decode never blocks a source.
     load: Callable[[], DecodedImage]
-    done: Callable[[Outcome], None] = lambda outcome: None
+    # Releases the input; returning False says it could not (the outcome's ledger entry is kept).
+    done: Callable[[Outcome], bool | None] = lambda outcome: None
     label: str = ""  # for logs only (a file name); never published
 
 

@@ -43,6 +43,7 @@ class WatchFolder(Source):
         self._seen: dict[str, tuple[tuple[int, int], float]] = {}  # name -> ((size, mtime_ns), first seen)
         self._in_flight: set[str] = set()
         self._stuck: set[str] = set()  # could not be moved away: never offered again this run
+        self._unreadable: set[str] = set()  # subfolders already reported as unreadable
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()  # a backlog is waiting and the worker has room again
@@ -72,11 +73,15 @@ class WatchFolder(Source):
     # ------------------------------------------------------------------ scanning
     def _run(self) -> None:
         initial = True
+        reported = None
         while not self._stop.is_set():
             try:
                 self.scan(initial=initial)
+                reported = None
             except OSError as error:  # the folder vanished or became unreadable: keep trying
-                log.error("cannot scan %s: %s", self.directory, error)
+                if str(error) != reported:  # once per problem, not once per poll
+                    log.error("cannot scan %s: %s", self.directory, error)
+                    reported = str(error)
             initial = False
             self._wake.wait(self.poll_s)
             self._wake.clear()
@@ -91,7 +96,17 @@ class WatchFolder(Source):
         pending = [("", str(self.directory))]
         while pending:  # os.scandir, not os.walk + Path: a scan of a busy folder runs every poll
             prefix, folder = pending.pop()
-            with os.scandir(folder) as entries:
+            try:
+                entries = os.scandir(folder)
+            except OSError as error:
+                if not prefix:
+                    raise  # the watch folder itself: reported by _run
+                # One unreadable subfolder must not stop the whole folder; said once per folder.
+                if folder not in self._unreadable:
+                    self._unreadable.add(folder)
+                    log.warning("cannot read %s: %s; its files are skipped", folder, error)
+                continue
+            with entries:
                 for entry in entries:
                     if entry.name.startswith("."):
                         continue
@@ -155,10 +170,11 @@ class WatchFolder(Source):
         )
 
     # ------------------------------------------------------------------ releasing
-    def _finish(self, name: str, path: Path, outcome: Outcome) -> None:
+    def _finish(self, name: str, path: Path, outcome: Outcome) -> bool:
+        """Move the file away; False when it could not be (the worker then keeps its ledger entry)."""
         target_root = self.processed_dir if outcome.ok else self.rejected_dir
-        target = _free_name(target_root / name)
         try:
+            target = _free_name(target_root / name)
             target.parent.mkdir(parents=True, exist_ok=True)
             if not outcome.ok:
                 # Sidecar first: a crash in between leaves the file to be released again, never
@@ -176,6 +192,7 @@ class WatchFolder(Source):
                 if self._backlogged and len(self._in_flight) <= self.max_in_flight // 2:
                     self._wake.set()  # keep the worker busy without a rescan per file
             log.info("%s %s -> %s", counter, name, target)
+            return True
         except OSError as error:
             log.error("cannot move %s to %s: %s; it stays in the watch folder and is not offered again until restart",
                       name, target_root, error)
@@ -183,6 +200,7 @@ class WatchFolder(Source):
                 self.counters["move_failures"] += 1
                 self._in_flight.discard(name)
                 self._stuck.add(name)
+            return False
 
 
 def _free_name(target: Path) -> Path:
