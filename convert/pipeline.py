@@ -14,7 +14,6 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import numpy as np
 from medge import DISCLAIMER, __version__
 from medge.edge.bundle import MANIFEST_NAME, REPORT_NAME, sha256_file, write_manifest
 from medge.edge.errors import InputError
+from medge.edge.payloads import utc_now
 from medge.edge.runtime import create_predictor, to_probabilities
 
 from .calibration import calibration_samples
@@ -294,7 +294,7 @@ def _manifest_base(run, config: ConvertConfig) -> dict:
             "source_run": run.path.name,
             "source_sha256": sha256_file(run.model_file),
         },
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "created": utc_now(timespec="seconds"),
         "medge_version": __version__,
         "task": run.task,
         "classes": run.classes,
@@ -319,7 +319,7 @@ def _report(run, config: ConvertConfig, data_label: str, n_images: int, referenc
             failures: list[str]) -> dict:
     return {
         "schema": REPORT_SCHEMA,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "created": utc_now(timespec="seconds"),
         "medge_version": __version__,
         "run": str(run.path),
         "data": data_label,

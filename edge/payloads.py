@@ -20,8 +20,9 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def utc_now(timespec: str = "milliseconds") -> str:
+    """UTC time as ISO 8601 with a Z, the form every medge payload and manifest uses."""
+    return datetime.now(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def encode(payload: dict) -> bytes:

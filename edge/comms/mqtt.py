@@ -20,7 +20,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from ..config import EdgeConfig
+from ..config import EdgeConfig, MqttSettings
 from ..errors import ConfigError
 from ..outbox import Outbox
 from ..payloads import encode
@@ -29,6 +29,26 @@ log = logging.getLogger("medge.edge.mqtt")
 
 WINDOW = 100  # rows handed to paho at once; the rest wait on disk
 ACK_FLUSH_S = 0.05  # PUBACKs are deleted from the outbox in batches (one transaction each)
+
+
+def make_client(settings: MqttSettings, client_id: str) -> mqtt.Client:
+    """A paho client with the daemon's protocol version, credentials and TLS settings."""
+    protocol = mqtt.MQTTv5 if settings.mqtt_version == "5" else mqtt.MQTTv311
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+    if settings.username:
+        client.username_pw_set(settings.username, settings.resolved_password())
+    if settings.tls:
+        try:
+            client.tls_set(ca_certs=str(settings.ca_file) if settings.ca_file else None,
+                           certfile=str(settings.cert_file) if settings.cert_file else None,
+                           keyfile=str(settings.key_file) if settings.key_file else None,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        except (ssl.SSLError, OSError, ValueError) as error:
+            raise ConfigError(f"mqtt.ca_file: cannot load the TLS files ({error})") from None
+        if settings.tls_insecure:
+            log.warning("mqtt.tls_insecure is set: the broker's certificate host name is not checked")
+            client.tls_insecure_set(True)
+    return client
 
 
 class Publisher:
@@ -53,22 +73,7 @@ class Publisher:
 
     # ------------------------------------------------------------------ set-up
     def _make_client(self) -> mqtt.Client:
-        settings = self.config.mqtt
-        protocol = mqtt.MQTTv5 if settings.mqtt_version == "5" else mqtt.MQTTv311
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.config.client_id, protocol=protocol)
-        if settings.username:
-            client.username_pw_set(settings.username, settings.resolved_password())
-        if settings.tls:
-            try:
-                client.tls_set(ca_certs=str(settings.ca_file) if settings.ca_file else None,
-                               certfile=str(settings.cert_file) if settings.cert_file else None,
-                               keyfile=str(settings.key_file) if settings.key_file else None,
-                               cert_reqs=ssl.CERT_REQUIRED)
-            except (ssl.SSLError, OSError, ValueError) as error:
-                raise ConfigError(f"mqtt.ca_file: cannot load the TLS files ({error})") from None
-            if settings.tls_insecure:
-                log.warning("mqtt.tls_insecure is set: the broker's certificate host name is not checked")
-                client.tls_insecure_set(True)
+        client = make_client(self.config.mqtt, self.config.client_id)
         client.will_set(self.config.topic("status"), encode(self.status_payload("offline", "connection lost")),
                         qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -241,15 +246,7 @@ class Publisher:
 def probe_broker(config: EdgeConfig, timeout: float = 5.0) -> str | None:
     """Connect once with the daemon's credentials and TLS settings: None if accepted, else why not."""
     settings = config.mqtt
-    protocol = mqtt.MQTTv5 if settings.mqtt_version == "5" else mqtt.MQTTv311
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{config.client_id}-check", protocol=protocol)
-    if settings.username:
-        client.username_pw_set(settings.username, settings.resolved_password())
-    if settings.tls:
-        client.tls_set(ca_certs=str(settings.ca_file) if settings.ca_file else None,
-                       certfile=str(settings.cert_file) if settings.cert_file else None,
-                       keyfile=str(settings.key_file) if settings.key_file else None, cert_reqs=ssl.CERT_REQUIRED)
-        client.tls_insecure_set(settings.tls_insecure)
+    client = make_client(settings, f"{config.client_id}-check")
     answer: dict = {}
     done = threading.Event()
 
