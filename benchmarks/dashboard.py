@@ -63,7 +63,7 @@ def end_to_end(work: Path, count: int) -> dict:
         with urllib.request.urlopen(dashboard.url + "/api/events", timeout=30) as stream:
             stream.readline()  # the snapshot's event line
             stream.readline()
-            for index in range(count):
+            for _index in range(count):
                 payload = result_payload("site", "dev-1", 0.3)
                 sent = time.perf_counter()
                 publisher.send("result", payload)

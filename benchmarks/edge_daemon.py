@@ -153,7 +153,7 @@ def measure_start(bundle, broker, workdir: Path, trials: int) -> list[float]:
         started = time.perf_counter()
         process = start_daemon(bundle, broker.url, watch, workdir / f"state-start{trial}", device,
                                workdir / "daemon-start.log")
-        counter.wait(lambda: counter.online_at is not None, 60)
+        counter.wait(lambda c=counter: c.online_at is not None, 60)
         times.append(counter.online_at - started)
         stop_daemon(process)
         counter.close()
@@ -250,7 +250,7 @@ def soak(bundle, broker, workdir: Path, count: int, batch: int = 500) -> dict:
                       workdir / "staging-soak")
         drop(paths, watch)
         done += size
-        counter.wait(lambda: counter.count() >= done, 600)
+        counter.wait(lambda target=done: counter.count() >= target, 600)
         samples.append({"images": done, "rss_mb": round(rss_mb(process.pid), 1),
                         "seconds": round(time.perf_counter() - started, 1)})
         shutil.rmtree(watch / "processed", ignore_errors=True)  # keep the folder walk small, like log rotation

@@ -175,7 +175,7 @@ def main() -> int:
         results["camera_file"] = bench_camera(folder)
 
     for section in ("dicom_receiver", "dicom_through_daemon"):
-        for name, row in results.get(section, {}).items():
+        for _name, row in results.get(section, {}).items():
             print(f"{section:22s} {row['what']:48s} {row['ms_per_instance']:8.1f} ms/instance "
                   f"{row['instances_per_s']:7.1f} /s")
     for size, row in results["frame_quality"].items():

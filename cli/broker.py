@@ -78,7 +78,7 @@ class LocalBroker:
             "  amqtt.plugins.sys.broker.BrokerSysPlugin:\n    sys_interval: 0\n")
         return [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(config)]
 
-    def start(self, timeout: float = 10.0) -> "LocalBroker":
+    def start(self, timeout: float = 10.0) -> LocalBroker:
         log = open(self.workdir / f"{self.kind}.log", "ab")
         self.process = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -99,7 +99,7 @@ class LocalBroker:
             self.process.wait()
         self.process = None
 
-    def restart(self) -> "LocalBroker":
+    def restart(self) -> LocalBroker:
         self.stop()
         return self.start()
 

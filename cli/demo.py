@@ -60,7 +60,7 @@ class Processes:
         self.running.append(("broker", broker))
 
     def stop_all(self):
-        for name, process in reversed(self.running):
+        for _name, process in reversed(self.running):
             if isinstance(process, LocalBroker):
                 process.stop()
                 continue

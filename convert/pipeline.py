@@ -26,8 +26,8 @@ from medge.edge.runtime import create_predictor, to_probabilities
 
 from .calibration import calibration_samples
 from .formats import ExportContext, Format, parse_formats
-from .head import split_output_activation
 from .gate import GateFailed, GateLimits, check, classification_metrics, compare, median_latency_ms
+from .head import split_output_activation
 from .metadata import embed_metadata, model_metadata
 from .progress import progress_task
 

@@ -39,7 +39,7 @@ class Event:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Event":
+    def from_dict(cls, data: dict) -> Event:
         return cls(**data)
 
 

@@ -9,7 +9,7 @@ Assistant picks them up whenever it (re)starts.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from medge import __version__
 

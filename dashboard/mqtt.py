@@ -11,8 +11,8 @@ import logging
 import socket
 import ssl
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 from urllib.parse import urlsplit
 
 from medge.dashboard.events import Event, parse_message
@@ -98,7 +98,7 @@ class MqttFeed:
             self._connect_properties = Properties(PacketTypes.CONNECT)
             self._connect_properties.SessionExpiryInterval = settings.session_expiry_s
 
-    def start(self) -> "MqttFeed":
+    def start(self) -> MqttFeed:
         # connect_async + loop_start: the page comes up (and says "broker disconnected") even
         # when the broker is not reachable yet; paho keeps retrying.
         if self.mqtt5:

@@ -86,7 +86,7 @@ class DashboardService:
         self._stopping = threading.Event()
         self._ticker = threading.Thread(target=self._push_summaries, name="summary", daemon=True)
 
-    def start(self) -> "DashboardService":
+    def start(self) -> DashboardService:
         self.feed.start()
         self._ticker.start()
         return self

@@ -10,8 +10,8 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from medge.dashboard.events import Event
 from medge.edge.errors import ConfigError

@@ -55,7 +55,7 @@ class TensorInfo:
                 "scale": self.scale, "zero_point": self.zero_point, "activation": self.activation}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TensorInfo":
+    def from_dict(cls, data: dict) -> TensorInfo:
         return cls(shape=tuple(data["shape"]), dtype=data["dtype"], name=data.get("name", ""),
                    scale=data.get("scale"), zero_point=data.get("zero_point"), activation=data.get("activation"))
 
@@ -80,7 +80,7 @@ class Artifact:
         return family
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "Artifact":
+    def from_file(cls, path: str | Path) -> Artifact:
         path = Path(path)
         family = RUNTIME_FAMILY.get(path.suffix.lower(), path.suffix.lstrip("."))
         return cls(file=path, format=family)

@@ -311,7 +311,7 @@ def load_config(config_file: str | Path | None = None, env: dict | None = None,
         # Relative paths in a config file are relative to the file, as a reader would expect.
         _resolve_relative(config, Path(config_file).resolve().parent)
 
-    for name, (section, key, annotation) in keys.items():
+    for _name, (section, key, annotation) in keys.items():
         for variable in env_names(section, key):
             if variable in env and env[variable] != "":
                 _set(config, section, key, annotation, env[variable], from_text=True)
@@ -354,7 +354,7 @@ def validate(config: EdgeConfig) -> None:
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ConfigError(f"mqtt.broker: {mqtt.broker!r} must look like mqtt://host:1883 or mqtts://host:8883")
     try:
-        parts.port
+        parts.port  # noqa: B018 - the property raises on a bad port
     except ValueError:
         raise ConfigError(f"mqtt.broker: {mqtt.broker!r} has an invalid port") from None
     if mqtt.mqtt_version not in MQTT_VERSIONS:

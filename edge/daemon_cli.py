@@ -62,7 +62,7 @@ def config_options(command):
         flags["dicom.allowed_callers"] = callers or None
         return command(load_config(config_file, flags=flags), **values)
 
-    for flag, key, kind, help_text in reversed(OPTIONS):
+    for flag, _key, kind, help_text in reversed(OPTIONS):
         wrapper = click.option(flag, _param_name(flag), type=kind, default=None, help=help_text)(wrapper)
     wrapper = click.option("--allowed-callers", "--allowed-caller", "allowed_caller", multiple=True,
                            help="Calling AE titles allowed to send: AE1,AE2 (repeatable). [default: anyone]")(wrapper)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from medge import DISCLAIMER, __version__
 
@@ -22,7 +22,7 @@ def new_id() -> str:
 
 def utc_now(timespec: str = "milliseconds") -> str:
     """UTC time as ISO 8601 with a Z, the form every medge payload and manifest uses."""
-    return datetime.now(timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def encode(payload: dict) -> bytes:

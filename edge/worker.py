@@ -120,7 +120,7 @@ class Worker:
                 self.busy = False
         self._commit_or_keep(batch)
 
-    def _commit_or_keep(self, batch: list["Pending"]) -> None:
+    def _commit_or_keep(self, batch: list[Pending]) -> None:
         try:
             self._commit(batch)
         except Exception:  # e.g. the disk is full: nothing is released, so nothing is lost
@@ -134,7 +134,7 @@ class Worker:
         if pending is not None:
             self._commit([pending])
 
-    def _prepare(self, item: InputItem) -> "Pending | None":
+    def _prepare(self, item: InputItem) -> Pending | None:
         """Decode and classify; the outcome is not stored yet. None: nothing left to store."""
         key = f"{item.source}:{item.ref}"
         stored = self.outbox.stored_outcome(key)
@@ -162,7 +162,7 @@ class Worker:
         return Pending(item=item, key=key, messages=messages, ok=True, error=None, result_ids=ids,
                        latency_ms=(time.perf_counter() - started) * 1000.0)
 
-    def _commit(self, batch: list["Pending"]) -> None:
+    def _commit(self, batch: list[Pending]) -> None:
         """Store the batch's outcomes in one transaction, then let the sources release the inputs."""
         if not batch:
             return
@@ -225,7 +225,7 @@ class Worker:
         return payload["id"], kind, self.config.topic(kind), encode(payload)
 
     # ------------------------------------------------------------------ bad input and release
-    def _rejection(self, item: InputItem, key: str, message: str) -> "Pending":
+    def _rejection(self, item: InputItem, key: str, message: str) -> Pending:
         input_ref = self.pseudonymizer.ref(item.ref)
         payload = error_payload(site=self.config.site, device=self.config.device, kind="rejected_input",
                                 message=message, source=item.source, input_ref=input_ref)

@@ -195,7 +195,6 @@ def test_multiclass_run_converts_and_predicts(multiclass_run, tmp_path):
 
 def test_ensemble_converts_as_one_model(tmp_path):
     from medge.train.pipeline import train
-
     from tests.fixtures.models import quick_config
 
     run = train(quick_config(out=tmp_path / "run", ensemble=2, epochs=1, limit=400, name="ensemble-cnn"))

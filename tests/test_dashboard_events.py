@@ -6,7 +6,7 @@ from medge.dashboard.alerts import AlertRules
 from medge.dashboard.events import INVALID, parse_message
 from medge.dashboard.state import DashboardState
 from medge.dashboard.store import HistoryStore
-from tests.fixtures.dashboard import (MODEL, error_payload, heartbeat_payload, result_payload, status_payload)
+from tests.fixtures.dashboard import MODEL, error_payload, heartbeat_payload, result_payload, status_payload
 
 
 def message(kind, payload, prefix="medge"):

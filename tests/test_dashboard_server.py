@@ -9,8 +9,14 @@ import urllib.request
 
 from medge import DISCLAIMER
 from medge.broker import LocalBroker, free_port
-from tests.fixtures.dashboard import (DashboardProcess, DeviceProcess, Publisher, error_payload, result_payload,
-                                      status_payload)
+from tests.fixtures.dashboard import (
+    DashboardProcess,
+    DeviceProcess,
+    Publisher,
+    error_payload,
+    result_payload,
+    status_payload,
+)
 from tests.fixtures.edge import make_tls_files, mosquitto_password_file
 
 

@@ -16,8 +16,16 @@ import pytest
 from medge.broker import LocalBroker, free_port
 from medge.edge.schemas import load_schema
 from tests.fixtures.broker import wait_until
-from tests.fixtures.edge import (PHI, SessionSubscriber, make_tls_files, mosquitto_password_file, small_xray,
-                                 write_atomically, xray_dicom, xray_files)
+from tests.fixtures.edge import (
+    PHI,
+    SessionSubscriber,
+    make_tls_files,
+    mosquitto_password_file,
+    small_xray,
+    write_atomically,
+    xray_dicom,
+    xray_files,
+)
 
 
 def validate(payload: dict) -> dict:

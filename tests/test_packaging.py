@@ -26,7 +26,7 @@ def test_the_wheel_installs_a_working_medge(tmp_path):
                                 str(wheel)], capture_output=True, text=True, timeout=300)
     assert installed.returncode == 0, installed.stderr[-2000:]
     # Run from an empty folder with only the installed copy on the path (not this checkout).
-    script = ("import medge, medge.data, medge.edge.schemas as s; "
+    script = ("import medge, medge.data, medge.edge.schemas as s; "  # noqa: UP031
               "assert medge.__file__.startswith(%r), medge.__file__; "
               "assert medge.data.PNEUMONIAMNIST.exists() and len(medge.data.chest_xray_sample_files()) == 3; "
               "assert s.load_schema('result')['properties']['schema']['const'] == 'medge.result/1'; "

@@ -6,8 +6,14 @@ import pytest
 
 from medge.edge.bundle import load_bundle
 from medge.edge.errors import BundleError
-from medge.edge.runtime import (apply_activation, available_runtimes, create_predictor, dequantize, quantize,
-                                 to_probabilities)
+from medge.edge.runtime import (
+    apply_activation,
+    available_runtimes,
+    create_predictor,
+    dequantize,
+    quantize,
+    to_probabilities,
+)
 
 
 def test_quantize_rounds_saturates_and_dequantize_inverts():

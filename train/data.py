@@ -40,7 +40,7 @@ class Split:
     def counts(self, n_classes: int) -> list[int]:
         return np.bincount(self.y, minlength=n_classes).astype(int).tolist()
 
-    def subset(self, indices) -> "Split":
+    def subset(self, indices) -> Split:
         indices = np.asarray(indices, dtype=np.int64)
         return Split(self.x[indices], self.y[indices], [self.names[i] for i in indices])
 

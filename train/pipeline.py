@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +65,7 @@ def train(config: TrainConfig, log=None) -> Path:
         policy, threshold = "argmax", 0.5  # multi-class decides by argmax; threshold unused
     metrics = {
         "medge_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "classes": classes,
         "task": dataset.task,
         "positive_class": classes[1] if dataset.task == "binary" else None,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ def evaluate_run(run_path, data=None, split: str | None = None, labels_csv=None,
     out.mkdir(parents=True, exist_ok=True)
     result = {
         "medge_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "run": str(run.path),
         "classes": run.classes,
         "task": run.task,

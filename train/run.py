@@ -82,5 +82,5 @@ def load_run(path) -> Run:
     if missing:
         raise InputError(f"{metrics_file}: missing key {missing[0]!r}")
     run = Run(path, metrics)
-    run.spec  # validates the preprocessing spec now, as a one-line error
+    run.spec  # noqa: B018 - validates the preprocessing spec now, as a one-line error
     return run

@@ -18,7 +18,7 @@ import logging
 import re
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -188,7 +188,7 @@ class CameraSource(Source):
         frames_read = 0
         next_sample = 0.0
         started = time.monotonic()
-        session = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
+        session = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
         while not self._stopping.is_set():
             try:
                 grabbed = capture.grab()
