@@ -114,6 +114,9 @@ def side_by_side(report: dict, keras_size: int) -> list[dict]:
             "latency_ratio_t1": record["latency_ms"]["threads_1"] / base["latency_ms"]["threads_1"],
             "latency_ratio_t2": record["latency_ms"]["threads_2"] / base["latency_ms"]["threads_2"],
             "conversion_s": record["conversion_s"], "passed": record["passed"],
+            # The gate's paired tests: each change's p-value and verdict (pass / noise / fail).
+            "gate_tests": {key: {"change": test["change"], "p_value": test.get("p_value"), "verdict": test["verdict"]}
+                           for key, test in record.get("tests", {}).items() if isinstance(test, dict)},
         })
     return rows
 

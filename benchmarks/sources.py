@@ -40,7 +40,7 @@ from medge.edge.errors import InputError  # noqa: E402
 from medge.edge.frame_quality import FrameQuality  # noqa: E402
 from medge.edge.sources.base import Outcome  # noqa: E402
 from medge.edge.sources.camera import CameraSource  # noqa: E402
-from medge.edge.sources.dicom_receiver import DicomReceiver  # noqa: E402
+from medge.edge.sources.dicom_receiver import DicomReceiver, DicomSettings  # noqa: E402
 from tests.fixtures.dicom import bundled_dicom, storescu  # noqa: E402
 from tests.fixtures.video import scene, write_video  # noqa: E402
 
@@ -79,7 +79,7 @@ def bench_receiver(count: int, folder: Path) -> dict:
                 item.done(Outcome(ok=False, error=str(error)))
 
     threading.Thread(target=worker, daemon=True).start()
-    receiver = DicomReceiver(free_port(), host="127.0.0.1")
+    receiver = DicomReceiver(DicomSettings(port=free_port(), bind="127.0.0.1"))
     receiver.start(items.put)
     figures = {}
     try:

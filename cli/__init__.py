@@ -1,5 +1,6 @@
 """medge: medical-image classifiers from the workstation to point-of-care devices."""
 
-__version__ = "0.1.0"
+# Both live with the device's code (edge never imports this package); re-exported for `from medge import ...`.
+from medge.edge.about import DISCLAIMER, __version__
 
-DISCLAIMER = "Decision support only - not for diagnostic use."
+__all__ = ["DISCLAIMER", "__version__"]

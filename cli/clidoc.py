@@ -23,8 +23,9 @@ def _walk(command: click.Command, path: list[str]):
 def render_cli_reference() -> str:
     parts = ["# medge CLI reference", "",
              "Generated from the code by `python -m medge.clidoc > docs/cli.md`; a test keeps it in sync.",
-             "Every option can also be set from the environment: `MEDGE_<COMMAND>_<OPTION>`,",
-             "e.g. `MEDGE_TRAIN_EPOCHS=5` (nested commands join their names: `MEDGE_EDGE_RUN_SITE`).", ""]
+             "Options of the workstation commands can also be set from the environment:",
+             "`MEDGE_<COMMAND>_<OPTION>`, e.g. `MEDGE_TRAIN_EPOCHS=5`. `medge edge run` and `medge edge check`",
+             "read only their configuration's `MEDGE_*` names, shown in each option's help (`[env: ...]`).", ""]
     for path, command in _walk(cli, ["medge"]):
         # A fixed width: the reference must not depend on the terminal it was generated in.
         context = click.Context(command, info_name=" ".join(path), terminal_width=100, max_content_width=100)

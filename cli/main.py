@@ -49,6 +49,9 @@ class LazyGroup(click.Group):
             raise click.ClickException(str(error)) from None
 
 
+# auto_envvar_prefix gives the workstation commands MEDGE_<COMMAND>_<OPTION>; medge edge run/check
+# switch it off for their options (allow_from_autoenv=False in edge/daemon_cli.py), so the daemon
+# has exactly one environment scheme, edge/config.py's.
 @click.group(
     cls=LazyGroup,
     context_settings={"auto_envvar_prefix": "MEDGE", "help_option_names": ["-h", "--help"]},
@@ -57,8 +60,10 @@ class LazyGroup(click.Group):
 def cli():
     """medge: train, quantize and run medical-image classifiers at the point of care.
 
-    Every option can also be set from the environment as MEDGE_<COMMAND>_<OPTION>,
-    e.g. MEDGE_TRAIN_EPOCHS=5. Results are decision support, not for diagnostic use.
+    Options of the workstation commands can also be set from the environment as
+    MEDGE_<COMMAND>_<OPTION>, e.g. MEDGE_TRAIN_EPOCHS=5. The edge daemon (medge edge
+    run/check) has one scheme of its own: its configuration keys' MEDGE_* names, e.g.
+    MEDGE_SITE (shown in its help). Results are decision support, not for diagnostic use.
     """
 
 

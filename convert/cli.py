@@ -7,8 +7,11 @@ import click
 
 from medge.edge.errors import InputError
 
+from .explain_check import DEFAULT_MIN_CORRELATION
+from .explain_check import DEFAULT_SAMPLES as DEFAULT_HEATMAP_SAMPLES
 from .formats import FORMATS
 from .gate import GateFailed, GateLimits
+from .quiet import quiet_native_logs
 
 GATE_FAILED_EXIT = 3
 
@@ -28,10 +31,28 @@ def _split(text: str | None) -> tuple[str, ...]:
 @click.option("--calibration-data", type=click.Path(path_type=Path),
               help="Calibrate on this dataset instead of the run's training split.")
 @click.option("--data", type=click.Path(path_type=Path), help="Gate on this labelled dataset instead of the run's test split.")
-@click.option("--max-auc-drop", type=click.FloatRange(0), default=GateLimits.max_auc_drop, show_default=True)
+@click.option("--max-auc-drop", type=click.FloatRange(0), default=GateLimits.max_auc_drop, show_default=True,
+              help="Tolerance: a larger drop fails when the paired test finds it significant.")
 @click.option("--max-sensitivity-drop", type=click.FloatRange(0), default=GateLimits.max_sensitivity_drop, show_default=True)
+@click.option("--max-specificity-drop", type=click.FloatRange(0), default=GateLimits.max_specificity_drop, show_default=True)
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=GateLimits.min_agreement, show_default=True,
               help="Share of images whose predicted class must not change.")
+@click.option("--cap-auc-drop", type=click.FloatRange(0), default=GateLimits.cap_auc_drop, show_default=True,
+              help="Absolute cap: a larger drop always fails, significant or not.")
+@click.option("--cap-sensitivity-drop", type=click.FloatRange(0), default=GateLimits.cap_sensitivity_drop,
+              show_default=True)
+@click.option("--cap-specificity-drop", type=click.FloatRange(0), default=GateLimits.cap_specificity_drop,
+              show_default=True)
+@click.option("--cap-agreement", type=click.FloatRange(0, 1), default=GateLimits.cap_agreement, show_default=True,
+              help="Absolute floor of the decision agreement.")
+@click.option("--significance", type=click.FloatRange(0, 1), default=GateLimits.significance, show_default=True,
+              help="p-value under which a change beyond its tolerance is real, not chance (1 = fixed tolerances).")
+@click.option("--bootstrap", type=click.IntRange(0), default=GateLimits.bootstrap, show_default=True,
+              help="Paired resamples for the 95% intervals and the AUC test (0 = none: tolerances strict).")
+@click.option("--min-heatmap-correlation", type=click.FloatRange(-1, 1), default=DEFAULT_MIN_CORRELATION,
+              show_default=True, help="Floor of the mean int8-vs-float occlusion heatmap correlation.")
+@click.option("--heatmap-samples", type=click.IntRange(0), default=DEFAULT_HEATMAP_SAMPLES, show_default=True,
+              help="Gate images whose heatmaps are compared (0 = no heatmap check).")
 @click.option("--sign-key", type=click.Path(path_type=Path), help="Ed25519 private key (medge keys generate) to sign the bundle.")
 @click.option("--name", help="Model name in the bundle [default: the run's].")
 @click.option("--version", "model_version", help="Model version in the bundle [default: the run's].")
@@ -41,13 +62,18 @@ def _split(text: str | None) -> tuple[str, ...]:
               help="Single-image calls timed per artifact and thread count.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--verbose", "-v", is_flag=True, help="Show TensorFlow's and the converters' own log lines.")
 def convert_command(run, out, int8, onnx, formats, calibration_samples, calibration_data, data, max_auc_drop,
-                    max_sensitivity_drop, min_agreement, sign_key, name, model_version, modality, body_part,
-                    latency_runs, force, quiet):
+                    max_sensitivity_drop, max_specificity_drop, min_agreement, cap_auc_drop, cap_sensitivity_drop,
+                    cap_specificity_drop, cap_agreement, significance, bootstrap, min_heatmap_correlation,
+                    heatmap_samples, sign_key, name, model_version,
+                    modality, body_part, latency_runs, force, quiet, verbose):
     """Convert training run RUN into a verified model bundle (int8 TFLite / ONNX).
 
-    Every converted file is evaluated on the edge runtime against the float model; if any
-    breaks a gate limit, no bundle is written and the exit code is 3.
+    Every converted file is evaluated on the edge runtime against the float model, on the
+    same images. A change fails when it is beyond its cap, or beyond its tolerance and
+    significant by a paired test (McNemar on the flipped decisions, paired bootstrap for AUC);
+    then no bundle is written and the exit code is 3.
 
     \b
     Examples:
@@ -60,12 +86,18 @@ def convert_command(run, out, int8, onnx, formats, calibration_samples, calibrat
     config = ConvertConfig(
         run=run, out=out, formats=formats, int8=int8, onnx=onnx, calibration_samples=calibration_samples,
         calibration_data=calibration_data, data=data,
-        limits=GateLimits(max_auc_drop, max_sensitivity_drop, min_agreement), sign_key=sign_key, name=name,
+        limits=GateLimits(max_auc_drop=max_auc_drop, max_sensitivity_drop=max_sensitivity_drop,
+                          max_specificity_drop=max_specificity_drop, min_agreement=min_agreement,
+                          cap_auc_drop=cap_auc_drop, cap_sensitivity_drop=cap_sensitivity_drop,
+                          cap_specificity_drop=cap_specificity_drop, cap_agreement=cap_agreement,
+                          significance=significance, bootstrap=bootstrap), sign_key=sign_key, name=name,
         version=model_version, modalities=_split(modality), body_parts=_split(body_part), latency_runs=latency_runs,
-        force=force, progress=not quiet)
+        force=force, progress=not quiet, min_heatmap_correlation=min_heatmap_correlation,
+        heatmap_samples=heatmap_samples)
     log = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
     try:
-        result = convert(config, log=log)
+        with quiet_native_logs(enabled=not verbose):
+            result = convert(config, log=log)
     except GateFailed as failure:
         if failure.result is not None:
             print_report(failure.result.report)

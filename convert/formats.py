@@ -1,40 +1,46 @@
-"""The table of export formats: one row per format drives option parsing, export and the gate.
+"""The table of export formats: one row per format drives option parsing, export, metadata and the gate.
 
-Each row names the function that writes the file (one function per format, in
-`medge.convert.tflite` and `medge.convert.onnx_export`), the runtime the gate measures it on
-(the device's runtime, `medge.edge.runtime`), and whether it needs calibration data.
+A new format is one row here plus its export function (in `medge.convert.tflite` or
+`medge.convert.onnx_export`). The row says everything the rest needs: the file name, whose
+suffix is the runtime family (`medge.edge.bundle.RUNTIME_FAMILY`: which device runtimes can
+run it and how `medge.convert.metadata` embeds the medge metadata), the runtime the gate
+measures it on (recorded in medge.json), and whether it needs calibration data.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medge.edge.bundle import RUNTIME_FAMILY
 from medge.edge.errors import InputError
+from medge.edge.runtime import runtimes_for
 
 
 @dataclass(frozen=True)
 class Format:
     name: str  # what --formats takes and what medge.json records
-    file: str  # file name inside the bundle
-    runtime: str  # the medge.edge runtime the gate uses
+    file: str  # file name inside the bundle; its suffix picks the runtime family
+    runtime: str  # the medge.edge runtime the gate measures it on (the device default for the family)
     exporter: str  # "module:function" in medge.convert
-    calibrated: bool  # needs the representative dataset
-    quantized: bool  # integer weights (and activations, for int8)
+    calibrated: bool  # needs the representative dataset (integer activations)
     description: str
+
+    def __post_init__(self):
+        # A row that no device runtime could run is a programming error: fail at import, not mid-conversion.
+        family = RUNTIME_FAMILY.get("." + self.file.rpartition(".")[2])
+        if family is None or self.runtime not in runtimes_for(family):
+            raise ValueError(f"format {self.name}: runtime {self.runtime!r} cannot run {self.file}")
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("tflite-f32", "model_f32.tflite", "litert", "tflite:export_tflite_f32", False, False,
-           "TFLite float32"),
-    Format("tflite-f16", "model_f16.tflite", "litert", "tflite:export_tflite_f16", False, False,
-           "TFLite float16 weights"),
-    Format("tflite-dynamic", "model_dynamic.tflite", "litert", "tflite:export_tflite_dynamic", False, True,
+    Format("tflite-f32", "model_f32.tflite", "litert", "tflite:export_tflite_f32", False, "TFLite float32"),
+    Format("tflite-f16", "model_f16.tflite", "litert", "tflite:export_tflite_f16", False, "TFLite float16 weights"),
+    Format("tflite-dynamic", "model_dynamic.tflite", "litert", "tflite:export_tflite_dynamic", False,
            "TFLite dynamic-range (int8 weights, float activations)"),
-    Format("tflite-int8", "model_int8.tflite", "litert", "tflite:export_tflite_int8", True, True,
+    Format("tflite-int8", "model_int8.tflite", "litert", "tflite:export_tflite_int8", True,
            "TFLite full-integer int8 (int8 input and output)"),
-    Format("onnx-f32", "model_f32.onnx", "onnxruntime", "onnx_export:export_onnx_f32", False, False,
-           "ONNX float32"),
-    Format("onnx-int8", "model_int8.onnx", "onnxruntime", "onnx_export:export_onnx_int8", True, True,
-           "ONNX int8 (static QDQ, per-channel)"),
+    Format("onnx-f32", "model_f32.onnx", "onnxruntime", "onnx_export:export_onnx_f32", False, "ONNX float32"),
+    Format("onnx-int8", "model_int8.onnx", "onnxruntime", "onnx_export:export_onnx_int8", True,
+           "ONNX 8-bit (static QDQ, uint8 weights and activations)"),
 )}
 
 

@@ -7,22 +7,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from medge.edge.bundle import RUNTIME_FAMILY
+from medge.edge.manifest import Manifest
 from medge.edge.runtime import METADATA_KEY  # the device reads it back with embedded_metadata()
 
 
-def model_metadata(manifest: dict, format_name: str) -> dict:
+def model_metadata(manifest: Manifest, format_name: str) -> dict:
     """The subset of the manifest a model file carries about itself."""
+    full = manifest.to_dict()
     keys = ("task", "classes", "positive_class", "threshold", "preprocessing", "medge_version", "disclaimer")
-    data = {"schema": "medge.model/1", "format": format_name, "model": manifest["model"]}
-    data.update({key: manifest.get(key) for key in keys})
+    data = {"schema": "medge.model/1", "format": format_name, "model": full["model"]}
+    data.update({key: full[key] for key in keys})
     return data
 
 
 def embed_metadata(path: Path, data: dict) -> None:
-    if path.suffix == ".tflite":
-        embed_tflite_metadata(path, data)
-    elif path.suffix == ".onnx":
-        embed_onnx_metadata(path, data)
+    """Embed by runtime family, so a new format of an existing family needs nothing here."""
+    EMBEDDERS[RUNTIME_FAMILY[path.suffix.lower()]](path, data)
 
 
 def embed_tflite_metadata(path: Path, data: dict) -> None:
@@ -50,3 +51,6 @@ def embed_onnx_metadata(path: Path, data: dict) -> None:
     model.metadata_props.add(key=METADATA_KEY, value=json.dumps(data, sort_keys=True))
     model.producer_name = "medge"
     onnx.save(model, str(path))
+
+
+EMBEDDERS = {"tflite": embed_tflite_metadata, "onnx": embed_onnx_metadata}

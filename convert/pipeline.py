@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +21,16 @@ import numpy as np
 from medge import DISCLAIMER, __version__
 from medge.edge.bundle import MANIFEST_NAME, REPORT_NAME, sha256_file, write_manifest
 from medge.edge.errors import InputError
+from medge.edge.folders import replaceable
+from medge.edge.manifest import Applicability, GateRecord, Manifest, ModelFile, ModelInfo, TensorInfo
 from medge.edge.payloads import utc_now
 from medge.edge.runtime import create_predictor, to_probabilities
 
 from .calibration import calibration_samples
+from .explain_check import DEFAULT_MIN_CORRELATION, check_heatmaps, heatmap_agreement
+from .explain_check import DEFAULT_SAMPLES as DEFAULT_HEATMAP_SAMPLES
 from .formats import ExportContext, Format, parse_formats
-from .gate import GateFailed, GateLimits, check, classification_metrics, compare, median_latency_ms
+from .gate import GateFailed, GateLimits, check, classification_metrics, compare, judge, median_latency_ms
 from .head import split_output_activation
 from .metadata import embed_metadata, model_metadata
 from .progress import progress_task
@@ -59,6 +63,9 @@ class ConvertConfig:
     force: bool = False
     progress: bool = True
     seed: int = 0
+    # Explanation check (convert/explain_check.py): int8 vs float occlusion heatmaps.
+    min_heatmap_correlation: float = DEFAULT_MIN_CORRELATION
+    heatmap_samples: int = DEFAULT_HEATMAP_SAMPLES  # 0 = not checked
 
 
 @dataclass
@@ -118,6 +125,8 @@ def convert(config: ConvertConfig, log=print) -> ConversionResult:
                 failures += [f"{fmt.name}: {failure}" for failure in record["failures"]]
                 log(f"  {fmt.name}: {record['size_bytes'] / 1024:.1f} KiB in {record['conversion_s']:.1f} s, "
                     f"AUC {record['auc']:.4f} ({record['auc_delta']:+.4f}), agreement {record['agreement']:.2%}"
+                    + (f", heatmap r {record['heatmap_correlation']:.3f}" if record.get("heatmap_correlation") is not None
+                       else "")
                     + ("" if record["passed"] else "  FAILED"))
         report = _report(run, config, data_label, len(y_eval), reference, records, failures)
         (staging / REPORT_NAME).write_text(_json(report))
@@ -142,11 +151,10 @@ def convert(config: ConvertConfig, log=print) -> ConversionResult:
             + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "")
             + f"; report in {rejected}", result)
 
-    manifest = dict(manifest_base)
-    manifest["artifacts"] = [_manifest_artifact(record) for record in records]
-    manifest["gate"] = {"passed": True, "limits": config.limits.to_dict(), "data": data_label,
-                        "n_images": int(len(y_eval)), "reference": report["reference"]}
-    write_manifest(staging, clean_json(manifest), private_key=config.sign_key)
+    manifest = replace(manifest_base, artifacts=tuple(_manifest_artifact(record) for record in records),
+                       gate=GateRecord(limits=config.limits.to_dict(), data=data_label, n_images=int(len(y_eval)),
+                                       reference=clean_json(report["reference"])))
+    write_manifest(staging, manifest, private_key=config.sign_key)
     if out.exists():
         shutil.rmtree(out)
     os.replace(staging, out)
@@ -158,8 +166,7 @@ def convert(config: ConvertConfig, log=print) -> ConversionResult:
 
 def _replaceable(folder: Path) -> bool:
     """Only a bundle, a rejected conversion or an empty folder is ever deleted by --force."""
-    return folder.is_dir() and ((folder / MANIFEST_NAME).exists() or (folder / REPORT_NAME).exists()
-                                or not any(folder.iterdir()))
+    return replaceable(folder, (MANIFEST_NAME, REPORT_NAME))
 
 
 # --------------------------------------------------------------------------- data
@@ -213,13 +220,14 @@ def _reference(model, x_eval: np.ndarray, y_eval: np.ndarray, run, config: Conve
 
     latency = median_latency_ms(predict, x_eval[0], runs=max(5, config.latency_runs // 2), warmup=3)
     metrics = classification_metrics(probabilities, y_eval, run.classes, _threshold(run))
-    return {"probabilities": probabilities, "metrics": metrics, "latency_ms": {"default_threads": latency}}
+    return {"probabilities": probabilities, "metrics": metrics, "latency_ms": {"default_threads": latency},
+            "predict": lambda batch: to_probabilities(predict(batch))}  # for the heatmap check
 
 
 # --------------------------------------------------------------------------- one format
 
 
-def convert_one(fmt: Format, context: ExportContext, staging: Path, manifest_base: dict, x_eval, y_eval,
+def convert_one(fmt: Format, context: ExportContext, staging: Path, manifest_base: Manifest, x_eval, y_eval,
                 reference: dict, run, config: ConvertConfig) -> dict:
     """Export one format, embed its metadata, and measure it on the device runtime."""
     path = staging / fmt.file
@@ -235,7 +243,7 @@ def convert_one(fmt: Format, context: ExportContext, staging: Path, manifest_bas
     # The runtime reads output_activation from here when given the bare file, as it is just below.
     embed_metadata(path, {**model_metadata(manifest_base, fmt.name), "output_activation": context.output_activation})
 
-    predictor = create_predictor(path)  # the best installed runtime for the file, as on the device
+    predictor = create_predictor(path, runtime=fmt.runtime)  # the row's runtime: the device default for the file
     probabilities = []
     with progress_task(f"evaluating {fmt.name} on {predictor.runtime_name}", len(x_eval), config.progress) as advance:
         for start in range(0, len(x_eval), EVAL_BATCH):
@@ -244,12 +252,18 @@ def convert_one(fmt: Format, context: ExportContext, staging: Path, manifest_bas
             advance(len(batch))
     probabilities = np.concatenate(probabilities)
     metrics = compare(reference["probabilities"], probabilities, y_eval, run.classes, run.task, _threshold(run),
-                      run.positive_class)
+                      run.positive_class, bootstrap=config.limits.bootstrap, seed=config.seed)
     latency = {}
     for threads in config.latency_threads:
         single = create_predictor(path, runtime=predictor.runtime_name, threads=threads)
         latency[f"threads_{threads}"] = median_latency_ms(single.predict, x_eval[0], runs=config.latency_runs)
     failures = check(metrics, config.limits)
+    metrics["tests"] = judge(metrics, config.limits)  # each tested change, its paired test and verdict
+    if config.heatmap_samples > 0:
+        metrics.update(heatmap_agreement(reference["predict"], predictor.predict, x_eval, run.spec, run.classes,
+                                         run.task, run.positive_class, samples=config.heatmap_samples))
+        metrics["min_heatmap_correlation"] = config.min_heatmap_correlation
+        failures += check_heatmaps(metrics, config.min_heatmap_correlation)
     params = run.metrics.get("model", {}).get("params")
     return {
         "format": fmt.name,
@@ -277,42 +291,44 @@ def _threshold(run) -> float | None:
 # --------------------------------------------------------------------------- manifest and report
 
 
-def _manifest_base(run, config: ConvertConfig) -> dict:
+def _manifest_base(run, config: ConvertConfig) -> Manifest:
+    """The manifest without its artifacts and gate record (added once every format passed)."""
     model_info = run.metrics.get("model", {})
     applicability = None
     if config.modalities or config.body_parts:
-        applicability = {"modalities": [m.upper() for m in config.modalities],
-                         "body_parts": [b.upper() for b in config.body_parts]}
+        applicability = Applicability(modalities=tuple(m.upper() for m in config.modalities),
+                                      body_parts=tuple(b.upper() for b in config.body_parts))
     binary = run.task == "binary"
-    return {
-        "schema": "medge.bundle/1",
-        "model": {
-            "name": config.name or model_info.get("name") or run.path.name,
-            "version": str(config.version or model_info.get("version") or "1"),
-            "arch": model_info.get("arch"),
-            "params": model_info.get("params"),
-            "source_run": run.path.name,
-            "source_sha256": sha256_file(run.model_file),
-        },
-        "created": utc_now(timespec="seconds"),
-        "medge_version": __version__,
-        "task": run.task,
-        "classes": run.classes,
-        "positive_class": (run.positive_class or run.classes[1]) if binary else None,
-        "threshold": run.threshold if binary else None,
-        "threshold_policy": run.metrics.get("threshold_policy"),
-        "preprocessing": run.spec.to_dict(),
-        "applicability": applicability,
-        "disclaimer": DISCLAIMER,
-    }
+    return Manifest(
+        model=ModelInfo(
+            name=config.name or model_info.get("name") or run.path.name,
+            version=str(config.version or model_info.get("version") or "1"),
+            arch=model_info.get("arch"),
+            params=model_info.get("params"),
+            source_run=run.path.name,
+            source_sha256=sha256_file(run.model_file),
+        ),
+        created=utc_now(timespec="seconds"),
+        medge_version=__version__,
+        task=run.task,
+        classes=tuple(run.classes),
+        positive_class=(run.positive_class or run.classes[1]) if binary else None,
+        threshold=run.threshold if binary else None,
+        threshold_policy=run.metrics.get("threshold_policy"),
+        preprocessing=run.spec,
+        applicability=applicability,
+        disclaimer=DISCLAIMER,
+    )
 
 
-def _manifest_artifact(record: dict) -> dict:
+def _manifest_artifact(record: dict) -> ModelFile:
     gate_keys = ("auc", "auc_delta", "accuracy", "sensitivity", "specificity", "agreement",
-                 "max_abs_score_diff", "mean_abs_score_diff", "latency_ms")
-    return {"file": record["file"], "format": record["format"], "runtime": record["runtime"],
-            "sha256": record["sha256"], "size_bytes": record["size_bytes"], "input": record["input"],
-            "output": record["output"], "gate": {key: record[key] for key in gate_keys}}
+                 "max_abs_score_diff", "mean_abs_score_diff", "latency_ms", "tests",
+                 "heatmap_correlation", "heatmap_correlation_min", "heatmap_images", "min_heatmap_correlation")
+    return ModelFile(file=record["file"], format=record["format"], runtime=record["runtime"],
+                     sha256=record["sha256"], size_bytes=record["size_bytes"],
+                     input=TensorInfo.from_dict(record["input"]), output=TensorInfo.from_dict(record["output"]),
+                     gate=clean_json({key: record[key] for key in gate_keys if key in record}))
 
 
 def _report(run, config: ConvertConfig, data_label: str, n_images: int, reference: dict, records: list[dict],

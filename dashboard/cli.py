@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from medge import DISCLAIMER
+from medge.dashboard.events import MAX_MESSAGE_BYTES
 from medge.edge.errors import ConfigError
 
 
@@ -39,21 +40,26 @@ def broker_options(command):
 
 
 def _broker_settings(broker, username, password_file, ca_file, cert_file, key_file, tls_insecure, topic_prefix,
-                     mqtt_version, **extra):
-    from medge.dashboard.mqtt import BrokerSettings
+                     mqtt_version, client_id=None):
+    """The daemon's own broker settings type, filled from these flags and checked by the same
+    rules (medge.edge.config.validate_mqtt); errors name the flag."""
+    from medge.edge.config import MqttSettings, validate_mqtt
 
-    password = os.environ.get("MEDGE_MQTT_PASSWORD")
-    if password_file:
-        try:
-            password = Path(password_file).read_text().strip()
-        except OSError as error:
-            raise ConfigError(f"--password-file {password_file}: {error.strerror}") from None
-    for name, value in (("--ca-file", ca_file), ("--cert-file", cert_file), ("--key-file", key_file)):
-        if value and not Path(value).is_file():
-            raise ConfigError(f"{name} {value}: no such file")
-    return BrokerSettings(url=broker, username=username, password=password, ca_file=ca_file, cert_file=cert_file,
-                          key_file=key_file, tls_insecure=tls_insecure, topic_prefix=topic_prefix.strip("/"),
-                          mqtt_version=mqtt_version, **extra)
+    path = lambda value: Path(value).expanduser() if value else None  # noqa: E731
+    settings = MqttSettings(broker=broker, mqtt_version=mqtt_version, username=username,
+                            password=None if password_file else os.environ.get("MEDGE_MQTT_PASSWORD") or None,
+                            password_file=path(password_file), ca_file=path(ca_file), cert_file=path(cert_file),
+                            key_file=path(key_file), tls_insecure=tls_insecure, topic_prefix=topic_prefix.strip("/"),
+                            client_id=client_id)
+    try:
+        validate_mqtt(settings)
+        settings.resolved_password()  # an unreadable password file fails now, in one line
+    except ConfigError as error:
+        # "mqtt.ca_file: ..." -> "--ca-file: ...": these flags are named after the config keys
+        key, _, rest = str(error).partition(": ")
+        flag = "--" + key.removeprefix("mqtt.").replace("_", "-") if key.startswith("mqtt.") else key
+        raise ConfigError(f"{flag}: {rest}") from None
+    return settings
 
 
 def _stop_on_sigterm():
@@ -62,16 +68,37 @@ def _stop_on_sigterm():
     signal.signal(signal.SIGTERM, stop)
 
 
-@click.command("dashboard")
+class _DashboardGroup(click.Group):
+    """`medge dashboard [OPTIONS]` serves the page; `medge dashboard hash-password` is a helper."""
+
+    def format_usage(self, ctx, formatter):
+        formatter.write_usage(ctx.command_path, "[OPTIONS]  |  hash-password USER")
+
+
+@click.group("dashboard", cls=_DashboardGroup, invoke_without_command=True)
 @broker_options
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to serve the page on (0.0.0.0 to reach it from other machines).")
+              help="Address to serve the page on (0.0.0.0 to reach it from other machines: then set a login).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
               help="HTTP port (0: any free port).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Host name users reach the page by (repeatable); localhost, the bind address, this machine's "
+                   "host name and IP addresses are always allowed, other Host headers get 403 (DNS rebinding).")
+@click.option("--login-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File of USER:HASH lines (from `medge dashboard hash-password`): the page asks for a login.")
+@click.option("--trusted-proxy-header", default=None, metavar="HEADER",
+              help="Header (e.g. X-Forwarded-User) naming the user a reverse proxy signed in; trusted only "
+                   "from --trusted-proxy addresses.")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, default=("127.0.0.1", "::1"), show_default=True,
+              metavar="ADDRESS", help="Address of the reverse proxy whose --trusted-proxy-header is believed.")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SQLite history file [default: ~/.local/state/medge/dashboard.sqlite].")
 @click.option("--retention-days", type=click.FloatRange(min=0.01), default=7.0, show_default=True,
               help="How long the history keeps events.")
+@click.option("--max-message-kb", type=click.IntRange(1, 16384), default=MAX_MESSAGE_BYTES // 1024,
+              show_default=True, help="Larger MQTT messages are dropped and listed as invalid.")
+@click.option("--max-devices", type=click.IntRange(1), default=500, show_default=True,
+              help="Devices shown at most; messages from further devices are listed as invalid.")
 @click.option("--stale-after", type=click.FloatRange(min=1), default=90.0, show_default=True,
               help="Seconds without a heartbeat before an online device is marked stale.")
 @click.option("--error-burst", type=click.IntRange(min=1), default=5, show_default=True,
@@ -85,32 +112,43 @@ def _stop_on_sigterm():
               help="MQTT client id; with it the broker keeps a session and queues results while the dashboard is down.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True)
-def dashboard_command(host, port, db, retention_days, stale_after, error_burst, error_window, ha_discovery,
-                      ha_prefix, client_id, log_level, **broker):
+@click.pass_context
+def dashboard_command(ctx, host, port, allowed_hosts, login_file, trusted_proxy_header, trusted_proxies, db,
+                      retention_days, max_message_kb, max_devices, stale_after, error_burst, error_window,
+                      ha_discovery, ha_prefix, client_id, log_level, **broker):
     """Serve a live web dashboard of the edge devices' results, health and alerts.
 
     Subscribes to PREFIX/# on the broker (credentials and TLS stay in this process) and pushes
     updates to the page with server-sent events. History is kept in a local SQLite file.
+    `medge dashboard hash-password USER` prints a line for --login-file.
 
     \b
     Examples:
       medge dashboard --broker mqtt://broker.local --port 8080
       MEDGE_MQTT_PASSWORD=... medge dashboard --broker mqtts://broker.local --ca-file ca.crt --username dash
+      medge dashboard hash-password alice >> logins && medge dashboard --host 0.0.0.0 --login-file logins
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from medge.dashboard.alerts import AlertRules
+    from medge.dashboard.auth import Access, is_local_bind, load_login_file
     from medge.dashboard.server import make_server
     from medge.dashboard.service import DashboardService
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = _broker_settings(**broker, client_id=client_id, session_expiry_s=86400 if client_id else 0)
+    settings = _broker_settings(**broker, client_id=client_id)
+    access = Access(bind=host, allowed_hosts=allowed_hosts, users=load_login_file(login_file) if login_file else {},
+                    proxy_header=trusted_proxy_header, trusted_proxies=trusted_proxies)
     try:  # the port first: a busy port should fail before the history is opened
-        server = make_server(None, host, port)
+        server = make_server(None, host, port, access)
     except OSError as error:
         raise ConfigError(f"--port {port}: cannot serve on {host}:{port} ({error.strerror})") from None
     try:
         service = DashboardService(settings, db or _default_db(), AlertRules(error_burst, error_window),
                                    stale_after_s=stale_after, retention_days=retention_days,
-                                   ha_discovery=ha_discovery, ha_prefix=ha_prefix)
+                                   ha_discovery=ha_discovery, ha_prefix=ha_prefix,
+                                   session_expiry_s=86400 if client_id else 0,
+                                   max_message_bytes=max_message_kb * 1024, max_devices=max_devices)
     except BaseException:
         server.server_close()
         raise
@@ -118,6 +156,9 @@ def dashboard_command(host, port, db, retention_days, stale_after, error_burst, 
     url_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     click.echo(f"medge dashboard: http://{url_host}:{server.server_address[1]}/  "
                f"(broker {settings.public_url}, history {service.store.path})")
+    if not is_local_bind(host) and not access.login_required:
+        click.secho(f"warning: serving on {host} without a login: anyone who can reach this port sees the page; "
+                    "set --login-file or --trusted-proxy-header", fg="yellow", err=True)
     click.echo(DISCLAIMER)
     _stop_on_sigterm()
     service.start()
@@ -130,25 +171,57 @@ def dashboard_command(host, port, db, retention_days, stale_after, error_burst, 
         service.stop()
 
 
+@dashboard_command.command("hash-password")
+@click.argument("user")
+@click.password_option("--password", prompt="Password", help="Read from the terminal (or stdin) when not given.",
+                       envvar=None)
+def hash_password_command(user, password):
+    """Print a USER:HASH line (scrypt) for `medge dashboard --login-file`.
+
+    \b
+    Example:
+      medge dashboard hash-password alice >> /etc/medge/dashboard-logins
+    """
+    from medge.dashboard.auth import hash_password
+
+    if ":" in user or not user.strip():
+        raise ConfigError(f"USER {user!r}: must be non-empty and without ':'")
+    if len(password) < 8:
+        raise ConfigError("password: use at least 8 characters")
+    click.echo(f"{user}:{hash_password(password)}")
+
+
 @click.command("monitor")
 @broker_options
 @click.option("--json", "as_json", is_flag=True, help="Print each incoming event as one JSON line (for piping).")
 @click.option("--duration", type=click.FloatRange(min=0), default=None,
               help="Stop after this many seconds (default: run until Ctrl-C).")
+@click.option("--once", is_flag=True,
+              help="Connect, print what the broker holds (retained status) after --settle seconds, and exit.")
+@click.option("--settle", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="With --once: seconds to collect messages after subscribing.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
+              help="Exit 1 with the reason when the broker is not connected within this many seconds "
+                   "[default: 10 with --once, else keep retrying].")
 @click.option("--stale-after", type=click.FloatRange(min=1), default=90.0, show_default=True,
               help="Seconds without a heartbeat before an online device is marked stale.")
-def monitor_command(as_json, duration, stale_after, **broker):
+def monitor_command(as_json, duration, once, settle, timeout, stale_after, **broker):
     """Live terminal view of the devices, last results, alerts and counters.
 
     With --json, prints every event (results, status, heartbeats, errors, invalid payloads)
-    as a JSON line instead, duplicates removed.
+    as a JSON line instead, duplicates removed. The header says why the broker is not
+    connected; --timeout (or --once) makes an unreachable broker an error (exit 1).
 
     \b
     Examples:
       medge monitor --broker mqtt://broker.local
       medge monitor --broker mqtt://broker.local --json | jq -c 'select(.kind == "result")'
+      medge monitor --broker mqtt://broker.local --once --timeout 5     # for scripts and checks
     """
     from medge.dashboard.monitor import run_monitor
 
     _stop_on_sigterm()
-    run_monitor(_broker_settings(**broker), as_json=as_json, duration=duration, stale_after_s=stale_after)
+    if once and timeout is None:
+        timeout = 10.0
+    run_monitor(_broker_settings(**broker), as_json=as_json, duration=duration, stale_after_s=stale_after,
+                connect_timeout_s=timeout, once_settle_s=settle if once else None)

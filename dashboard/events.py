@@ -1,29 +1,33 @@
 """One MQTT message -> one checked `Event`.
 
 Every message under the prefix becomes an event: a valid payload keeps its kind; anything
-else (not JSON, wrong topic shape, unknown schema version, schema violation) becomes an
-`invalid` event that the views list as an error entry, so bad input is seen, never dropped.
+else (too large, not JSON, NaN/Infinity, wrong topic shape, unknown schema version, schema
+violation) becomes an `invalid` event that the views list as an error entry, so bad input is
+seen, never dropped. The topic tree, the kinds and the schema ids come from
+medge.edge.comms.topics, the strict JSON parser and the schema check from the device's own
+contract code, so the dashboard judges a payload exactly as the contract says.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 
-from medge.edge.schemas import load_schema
+from medge.edge.comms.topics import DEFAULT_PREFIX, KINDS, expected_shape, parse_topic
+from medge.edge.payloads import decode
+from medge.edge.schemas import payload_problem
 
-KINDS = ("result", "status", "heartbeat", "error")
 INVALID = "invalid"
-COMMANDS = "commands"
-# The payload versions this dashboard understands; a device sending a newer version shows up
-# as an error entry instead of being half-understood.
-SCHEMA_IDS = {kind: f"medge.{kind}/1" for kind in KINDS}
+# Real payloads are around 1 kB; a cap keeps one publisher from filling memory, the history
+# and every browser's download (an outside review sent twenty 10 MB events).
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_NAME = 128  # site / device names longer than this (topic levels can be 64 kB) are cut
+EXCERPT_BYTES = 200
 
 
 @dataclass
 class Event:
-    kind: str  # one of KINDS, or INVALID
+    kind: str  # a name in KINDS, or INVALID
     topic: str
     site: str
     device: str
@@ -43,26 +47,6 @@ class Event:
         return cls(**data)
 
 
-def _validator(kind: str):
-    from jsonschema import Draft202012Validator  # lazily: only needed once a message arrives
-
-    return Draft202012Validator(load_schema(kind))
-
-
-_VALIDATORS: dict = {}
-
-
-def _schema_problem(kind: str, payload: dict) -> str | None:
-    validator = _VALIDATORS.get(kind)
-    if validator is None:
-        validator = _VALIDATORS[kind] = _validator(kind)
-    error = next(iter(sorted(validator.iter_errors(payload), key=lambda e: list(e.path))), None)
-    if error is None:
-        return None
-    where = "/".join(str(part) for part in error.path) or "payload"
-    return f"{kind} payload does not match {SCHEMA_IDS[kind]}: {where}: {error.message}"[:300]
-
-
 def digest(*parts: bytes | str) -> str:
     sha = hashlib.sha256()
     for part in parts:
@@ -71,39 +55,49 @@ def digest(*parts: bytes | str) -> str:
     return sha.hexdigest()[:32]
 
 
-def parse_message(topic: str, payload: bytes, prefix: str = "medge", retained: bool = False,
-                  received: float | None = None) -> Event | None:
+def _name(value: str | None) -> str:
+    if not value:
+        return "?"
+    return value if len(value) <= MAX_NAME else value[:MAX_NAME] + "…"
+
+
+def parse_message(topic: str, payload: bytes, prefix: str = DEFAULT_PREFIX, retained: bool = False,
+                  received: float | None = None, max_bytes: int = MAX_MESSAGE_BYTES) -> Event | None:
     """Check `payload` on `topic` against the topic tree and the JSON Schemas. None for a
     message *to* a device (`{prefix}/{site}/{device}/commands/...`, reserved by the site
     broker's ACL): not a device event."""
     received = time.time() if received is None else received
-    parts = topic.split("/")
-    prefix_parts = prefix.split("/")
-    rest = parts[len(prefix_parts):] if parts[:len(prefix_parts)] == prefix_parts else None
-    if rest and len(rest) >= 4 and rest[2] == COMMANDS:
+    parsed = parse_topic(topic, prefix)
+    if parsed.command:
         return None
-    site, device, kind = (rest if rest and len(rest) == 3 else ["?", "?", None])
+    site, device, kind = _name(parsed.site), _name(parsed.device), parsed.kind
     fallback_id = digest(topic, payload)
 
     def invalid(problem: str) -> Event:
-        excerpt = payload[:200].decode("utf-8", errors="replace")
-        return Event(INVALID, topic, site, device, fallback_id, received, problem=problem, raw=excerpt,
+        excerpt = payload[:EXCERPT_BYTES].decode("utf-8", errors="replace")
+        return Event(INVALID, topic[:300], site, device, fallback_id, received, problem=problem, raw=excerpt,
                      retained=retained)
 
-    if kind not in KINDS:
-        return invalid(f"unexpected topic {topic!r}: expected {prefix}/SITE/DEVICE/{'|'.join(KINDS)}")
+    if len(payload) > max_bytes:
+        return invalid(f"message of {len(payload)} bytes dropped: larger than the {max_bytes}-byte limit")
+    if kind is None:
+        return invalid(f"unexpected topic {topic[:200]!r}: expected {expected_shape(prefix)}")
     try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return invalid(f"malformed {kind} payload: not JSON")
+        data = decode(payload)
+    except RecursionError:
+        return invalid(f"malformed {kind} payload: nested too deeply")
+    except (ValueError, UnicodeDecodeError) as error:
+        detail = f" ({error})" if "JSON number" in str(error) or "finite float" in str(error) else ""
+        return invalid(f"malformed {kind} payload: not JSON{detail}")
     if not isinstance(data, dict):
         return invalid(f"malformed {kind} payload: a JSON object was expected")
+    expected = KINDS[kind].schema_id
     schema_id = data.get("schema")
-    if schema_id != SCHEMA_IDS[kind]:
-        return invalid(f"unknown schema version {schema_id!r} on {kind} topic: this dashboard reads "
-                       f"{SCHEMA_IDS[kind]}")
-    problem = _schema_problem(kind, data)
+    if schema_id != expected:
+        shown = repr(schema_id)[:60] if isinstance(schema_id, str | None) else f"of type {type(schema_id).__name__}"
+        return invalid(f"unknown schema version {shown} on {kind} topic: this dashboard reads {expected}")
+    problem = payload_problem(kind, data)
     if problem:
         return invalid(problem)
-    message_id = data.get("id") if kind in ("result", "error") else fallback_id
+    message_id = data["id"] if KINDS[kind].has_id else fallback_id
     return Event(kind, topic, site, device, message_id, received, payload=data, retained=retained)

@@ -5,6 +5,12 @@ medge topics, so nothing is republished or duplicated.
 Dashboard-side (`medge dashboard --ha-discovery`): the dashboard already sees every device,
 and the devices stay free of Home Assistant specifics. Configs are retained, so Home
 Assistant picks them up whenever it (re)starts.
+
+Every template reads optional fields with `value_json.get(...)`: an `online` status has no
+`reason` and a not_applicable result no `class` or `score`, and a missing attribute inside
+`tojson` is a template error in Home Assistant on every such message. Home Assistant keeps
+the state of the last message that arrived, which is the right order for status (the last
+will has no `ts`; see edge/schemas/status.schema.json).
 """
 from __future__ import annotations
 
@@ -12,19 +18,29 @@ import re
 from collections.abc import Callable
 
 from medge import __version__
+from medge.edge.comms.topics import DEFAULT_PREFIX
+from medge.edge.comms.topics import topic as build_topic
 
 DISCOVERY_PREFIX = "homeassistant"
+# Connectivity, not health: a `degraded` device is still connected.
+CONNECTIVITY = "{{ 'offline' if value_json.get('state') == 'offline' else 'online' }}"
 
 
 def _object_id(*parts: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_-]", "_", "_".join(parts))
 
 
+def _entity_id(component: str, *parts: str) -> str:
+    """Home Assistant >= 2025.10 `default_entity_id`: DOMAIN.lowercase_slug (replaces object_id)."""
+    slug = re.sub(r"_+", "_", re.sub(r"[^a-z0-9_]", "_", "_".join(parts).lower())).strip("_")
+    return f"{component}.{slug}"
+
+
 def discovery_configs(site: str, device: str, model: dict | None = None, medge_version: str | None = None,
-                      prefix: str = "medge", discovery_prefix: str = DISCOVERY_PREFIX) -> list[tuple[str, dict]]:
+                      prefix: str = DEFAULT_PREFIX, discovery_prefix: str = DISCOVERY_PREFIX) -> list[tuple[str, dict]]:
     """[(config topic, config payload)] for one device."""
     node = _object_id("medge", site, device)
-    base = f"{prefix}/{site}/{device}"
+    status_topic, result_topic = (build_topic(prefix, site, device, kind) for kind in ("status", "result"))
     ha_device = {
         "identifiers": [node],
         "name": f"medge {site}/{device}",
@@ -32,34 +48,38 @@ def discovery_configs(site: str, device: str, model: dict | None = None, medge_v
         "model": f"{model.get('name', '?')} {model.get('version', '?')}" if model else "medge edge device",
         "sw_version": medge_version or __version__,
     }
-    availability = {"topic": f"{base}/status", "value_template": "{{ value_json.state }}",
+    availability = {"topic": status_topic, "value_template": CONNECTIVITY,
                     "payload_available": "online", "payload_not_available": "offline"}
     origin = {"name": "medge", "sw_version": __version__}
     entities = [
         ("binary_sensor", "status", {
-            "name": "Status", "device_class": "connectivity", "state_topic": f"{base}/status",
-            "value_template": "{{ value_json.state }}", "payload_on": "online", "payload_off": "offline",
-            "json_attributes_topic": f"{base}/status",
-            "json_attributes_template": "{{ {'reason': value_json.reason, 'model': value_json.model} | tojson }}",
+            "name": "Status", "device_class": "connectivity", "state_topic": status_topic,
+            "value_template": CONNECTIVITY, "payload_on": "online", "payload_off": "offline",
+            "json_attributes_topic": status_topic,
+            "json_attributes_template": "{{ {'reason': value_json.get('reason'), 'model': value_json.get('model'), "
+                                        "'last_will': value_json.get('last_will', false)} | tojson }}",
         }),
         ("sensor", "last_class", {
-            "name": "Last class", "icon": "mdi:label", "state_topic": f"{base}/result",
-            "value_template": "{{ value_json['class'] if value_json.status == 'classified' else 'not applicable' }}",
-            "json_attributes_topic": f"{base}/result",
-            "json_attributes_template": "{{ {'positive': value_json.positive, 'ts': value_json.ts, "
-                                        "'disclaimer': value_json.disclaimer} | tojson }}",
+            "name": "Last class", "icon": "mdi:label", "state_topic": result_topic,
+            "value_template": "{{ value_json.get('class', 'not applicable') if value_json.get('status') == "
+                              "'classified' else 'not applicable' }}",
+            "json_attributes_topic": result_topic,
+            "json_attributes_template": "{{ {'positive': value_json.get('positive', false), "
+                                        "'reason': value_json.get('reason'), 'ts': value_json.get('ts'), "
+                                        "'disclaimer': value_json.get('disclaimer')} | tojson }}",
             "availability": [availability],
         }),
         ("sensor", "last_score", {
-            "name": "Last score", "icon": "mdi:gauge", "state_topic": f"{base}/result",
-            "value_template": "{{ value_json.score | round(3) if value_json.score is defined else none }}",
+            "name": "Last score", "icon": "mdi:gauge", "state_topic": result_topic,
+            "value_template": "{{ value_json.get('score') | round(3) if value_json.get('score') is number "
+                              "else none }}",
             "availability": [availability],
         }),
     ]
     configs = []
     for component, key, config in entities:
-        config.update(unique_id=_object_id(node, key), object_id=_object_id(node, key), device=ha_device,
-                      origin=origin)
+        config.update(unique_id=_object_id(node, key), default_entity_id=_entity_id(component, node, key),
+                      device=ha_device, origin=origin)
         configs.append((f"{discovery_prefix}/{component}/{node}/{key}/config", config))
     return configs
 
@@ -67,7 +87,7 @@ def discovery_configs(site: str, device: str, model: dict | None = None, medge_v
 class HomeAssistantDiscovery:
     """Publishes the configs of each device once, and again when its model changes."""
 
-    def __init__(self, publish: Callable[[str, dict], None], prefix: str = "medge",
+    def __init__(self, publish: Callable[[str, dict], None], prefix: str = DEFAULT_PREFIX,
                  discovery_prefix: str = DISCOVERY_PREFIX):
         self.publish = publish
         self.prefix = prefix

@@ -9,8 +9,10 @@ from datetime import datetime
 
 from medge import DISCLAIMER
 from medge.dashboard.events import Event
-from medge.dashboard.mqtt import BrokerSettings, MqttFeed
+from medge.dashboard.mqtt import MqttFeed
 from medge.dashboard.state import DashboardState
+from medge.edge.config import MqttSettings
+from medge.edge.errors import MedgeError
 
 
 def _clock(epoch: float | None) -> str:
@@ -41,6 +43,8 @@ def render(state: DashboardState, results: int = 10, alerts: int = 5, errors: in
     header.append(f"broker {broker['url']} ", style="dim")
     header.append("connected" if broker["connected"] else "DISCONNECTED",
                   style="green" if broker["connected"] else "bold red")
+    if not broker["connected"] and broker.get("message"):
+        header.append(f" ({broker['message']})", style="red")
     header.append(f"   devices {totals.get('devices', 0)} ({totals.get('online', 0)} online)"
                   f"   results {totals.get('results', 0)}   positives {totals.get('positives', 0)}"
                   f"   errors {totals.get('errors', 0) + totals.get('invalid', 0)}\n")
@@ -100,13 +104,19 @@ def event_line(event: Event) -> str:
     return json.dumps(data)
 
 
-def run_monitor(settings: BrokerSettings, as_json: bool = False, duration: float | None = None,
-                stale_after_s: float = 90.0) -> None:
+def run_monitor(settings: MqttSettings, as_json: bool = False, duration: float | None = None,
+                stale_after_s: float = 90.0, connect_timeout_s: float | None = None,
+                once_settle_s: float | None = None) -> None:
+    """Run until `duration` (None: Ctrl-C). `connect_timeout_s`: raise MedgeError with the reason
+    when the broker is not connected by then. `once_settle_s`: after connecting, collect that
+    long, print one view (or the JSON lines) and return."""
     from rich.console import Console
     from rich.live import Live
 
     state = DashboardState(stale_after_s=stale_after_s)
+    state.set_broker(False, settings.public_url, "connecting")
     lock = threading.Lock()
+    connected = threading.Event()
 
     def on_event(event: Event) -> None:
         changes = state.apply(event)
@@ -121,14 +131,28 @@ def run_monitor(settings: BrokerSettings, as_json: bool = False, duration: float
     console = Console()
     live_view = not as_json and console.is_terminal
 
-    def on_connection(connected: bool, message: str) -> None:
-        state.set_broker(connected, settings.public_url, message)
-        if not live_view:  # the live view shows it in its header
+    last_message: list[str] = []
+
+    def on_connection(is_connected: bool, message: str) -> None:
+        state.set_broker(is_connected, settings.public_url, message)
+        (connected.set if is_connected else connected.clear)()
+        if not live_view and last_message[-1:] != [message]:  # the live view shows it in its header
             print(message, file=sys.stderr, flush=True)
+        last_message[:] = [message]
 
     feed = MqttFeed(settings, on_event, on_connection, name="monitor").start()
-    deadline = None if duration is None else time.monotonic() + duration
+    started = time.monotonic()
+    deadline = None if duration is None else started + duration
     try:
+        if connect_timeout_s is not None and not connected.wait(connect_timeout_s):
+            reason = state.broker.get("message") or "no answer"
+            raise MedgeError(f"monitor: broker {settings.public_url} not connected within "
+                             f"{connect_timeout_s:g} s ({reason})")
+        if once_settle_s is not None:
+            time.sleep(once_settle_s)
+            if not as_json:
+                console.print(render(state))
+            return
         if not live_view:
             try:
                 while deadline is None or time.monotonic() < deadline:

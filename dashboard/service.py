@@ -11,11 +11,13 @@ import threading
 from pathlib import Path
 
 from medge.dashboard.alerts import AlertRules
-from medge.dashboard.events import KINDS, Event
+from medge.dashboard.events import MAX_MESSAGE_BYTES, Event
 from medge.dashboard.homeassistant import DISCOVERY_PREFIX, HomeAssistantDiscovery
-from medge.dashboard.mqtt import BrokerSettings, MqttFeed
+from medge.dashboard.mqtt import MqttFeed
 from medge.dashboard.state import DashboardState
 from medge.dashboard.store import HistoryStore
+from medge.edge.comms.topics import KINDS
+from medge.edge.config import MqttSettings
 
 log = logging.getLogger("medge.dashboard")
 
@@ -65,26 +67,39 @@ class Hub:
 
 
 class DashboardService:
-    def __init__(self, broker: BrokerSettings, db_path: str | Path, rules: AlertRules | None = None,
+    def __init__(self, broker: MqttSettings, db_path: str | Path, rules: AlertRules | None = None,
                  stale_after_s: float = 90.0, retention_days: float = 7.0, ha_discovery: bool = False,
-                 ha_prefix: str = DISCOVERY_PREFIX, summary_interval_s: float = 0.5):
+                 ha_prefix: str = DISCOVERY_PREFIX, summary_interval_s: float = 0.5, session_expiry_s: int = 0,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, max_devices: int = 500):
         self.broker = broker
-        self.state = DashboardState(rules or AlertRules(), stale_after_s=stale_after_s)
+        self.state = DashboardState(rules or AlertRules(), stale_after_s=stale_after_s, max_devices=max_devices)
         self.store = HistoryStore(db_path, retention_days=retention_days)
         self.hub = Hub()
-        replayed = 0
-        for event in self.store.replay():
-            self.state.apply(event)
-            replayed += 1
-        log.info("history: %d events from %s", replayed, self.store.path)
+        self._replay()
         self.state.set_broker(False, broker.public_url, "connecting")
-        self.feed = MqttFeed(broker, self.handle, self._on_connection)
+        self.feed = MqttFeed(broker, self.handle, self._on_connection, session_expiry_s=session_expiry_s,
+                             max_message_bytes=max_message_bytes)
         self.discovery = (HomeAssistantDiscovery(self.feed.publish, broker.topic_prefix, ha_prefix)
                           if ha_discovery else None)
         self.summary_interval_s = summary_interval_s
         self._dirty = threading.Event()
         self._stopping = threading.Event()
         self._ticker = threading.Thread(target=self._push_summaries, name="summary", daemon=True)
+
+    def _replay(self) -> None:
+        # Whatever the database holds, the dashboard starts: an event the state cannot fold
+        # (stored by an older version, or a bug) is skipped and counted, never fatal.
+        replayed = failed = 0
+        for event in self.store.replay():
+            try:
+                self.state.apply(event)
+                replayed += 1
+            except Exception as error:
+                failed += 1
+                log.debug("history: cannot replay event %s: %s", getattr(event, "id", "?"), error)
+        skipped = failed + self.store.unreadable
+        log.info("history: %d events from %s%s", replayed, self.store.path,
+                 f"; {skipped} unreadable events skipped" if skipped else "")
 
     def start(self) -> DashboardService:
         self.feed.start()

@@ -2,6 +2,13 @@
 
 `DashboardState.apply(event)` is the only way in; it drops duplicates (QoS 1 re-deliveries
 keep their message id) and returns the rows that changed so a live view can push them.
+How a kind is folded follows its role in medge.edge.comms.topics (result feed, device status,
+latest-per-device, event list), so a new message kind needs no code here. Status follows
+arrival order, never the payloads' time stamps (the last will is composed before the
+`online` that it outlives).
+
+Everything kept is bounded: the feeds are capped, text from a device is clipped, and so is
+the number of devices, so that what a browser downloads stays small whatever is published.
 Thread-safe: the MQTT thread applies events while HTTP threads read snapshots.
 """
 from __future__ import annotations
@@ -13,10 +20,29 @@ from dataclasses import dataclass, field
 
 from medge.dashboard.alerts import AlertRules
 from medge.dashboard.events import INVALID, Event
+from medge.edge.comms.topics import EVENT, KINDS, LATEST, RESULT, STATUS
 
 SCORE_BINS = 10
 CHART_MINUTES = 30
 RECENT = 200  # results kept per device for throughput and latency
+MAX_TEXT = 300  # characters of any one text a device sent that the page receives
+MAX_ITEMS = 20  # entries of any one list or object a device sent that the page receives
+
+
+def bounded(value, depth: int = 4):
+    """`value` with long texts clipped and big lists/objects cut, so a device cannot make the
+    page's download large with one valid but bloated payload."""
+    if isinstance(value, str):
+        return value if len(value) <= MAX_TEXT else value[:MAX_TEXT] + "…"
+    if isinstance(value, dict):
+        if depth <= 0:
+            return "…"
+        return {bounded(str(key)): bounded(inner, depth - 1) for key, inner in list(value.items())[:MAX_ITEMS]}
+    if isinstance(value, list):
+        if depth <= 0:
+            return ["…"]
+        return [bounded(inner, depth - 1) for inner in value[:MAX_ITEMS]]
+    return value
 
 
 @dataclass
@@ -29,8 +55,8 @@ class DeviceState:
     model: dict | None = None
     sources: list = field(default_factory=list)
     medge_version: str | None = None
-    last_heartbeat: float | None = None  # server time the last heartbeat arrived
-    heartbeat: dict | None = None
+    latest: dict = field(default_factory=dict)  # kind -> its latest (bounded) payload, for LATEST kinds
+    latest_at: dict = field(default_factory=dict)  # kind -> server time it arrived
     results: int = 0
     positives: int = 0
     errors: int = 0
@@ -42,6 +68,15 @@ class DeviceState:
     @property
     def key(self) -> str:
         return f"{self.site}/{self.device}"
+
+    @property
+    def heartbeat(self) -> dict | None:
+        return self.latest.get("heartbeat")
+
+    @property
+    def last_heartbeat(self) -> float | None:
+        """Server time the last heartbeat arrived."""
+        return self.latest_at.get("heartbeat")
 
     @property
     def model_label(self) -> str | None:
@@ -79,32 +114,34 @@ class DeviceState:
 def result_row(event: Event) -> dict:
     p = event.payload
     model = p.get("model") or {}
-    return {
+    return bounded({
         "id": event.id, "received": event.received, "ts": p.get("ts"), "site": event.site,
         "device": event.device, "source": p.get("source"), "status": p.get("status"),
         "class": p.get("class"), "score": p.get("score"), "threshold": p.get("threshold"),
         "positive": bool(p.get("positive")), "reason": p.get("reason"),
         "model": f"{model.get('name', '?')} {model.get('version', '?')}", "input_ref": p.get("input_ref"),
         "total_ms": (p.get("timing_ms") or {}).get("total"),
-    }
+    })
 
 
 def error_row(event: Event) -> dict:
     p = event.payload or {}
-    return {
+    return bounded({
         "id": event.id, "received": event.received, "ts": p.get("ts"), "site": event.site,
         "device": event.device, "level": p.get("level", "error"),
         "kind": p.get("kind", "invalid_payload" if event.kind == INVALID else "?"),
         "message": p.get("message") or event.problem, "source": p.get("source"),
         "input_ref": p.get("input_ref"), "invalid": event.kind == INVALID, "topic": event.topic,
         "raw": event.raw,
-    }
+    })
 
 
 class DashboardState:
     def __init__(self, rules: AlertRules | None = None, max_results: int = 500, max_errors: int = 200,
-                 max_alerts: int = 100, stale_after_s: float = 90.0, remembered_ids: int = 100_000):
+                 max_alerts: int = 100, stale_after_s: float = 90.0, remembered_ids: int = 100_000,
+                 max_devices: int = 500):
         self.rules = rules or AlertRules()
+        self.max_devices = max_devices
         self.stale_after_s = stale_after_s
         self.devices: dict[str, DeviceState] = {}
         self.results: deque = deque(maxlen=max_results)
@@ -135,18 +172,24 @@ class DashboardState:
             self._seen[event.id] = None
             if len(self._seen) > self._remembered_ids:
                 self._seen.popitem(last=False)
-            known_device = event.site != "?"
-            dev = self.device(event.site, event.device) if known_device else None
+            new_device = event.site != "?" and f"{event.site}/{event.device}" not in self.devices
+            over_limit = new_device and len(self.devices) >= self.max_devices
+            if over_limit:
+                event = Event(INVALID, event.topic, event.site, event.device, event.id, event.received,
+                              problem=f"message from a new device dropped: the dashboard shows at most "
+                                      f"{self.max_devices} devices (--max-devices)", retained=event.retained)
+            dev = None if event.site == "?" or over_limit else self.device(event.site, event.device)
             previous_state = dev.state if dev else None
+            role = KINDS[event.kind].role if event.kind in KINDS else EVENT
             changes: list[tuple[str, dict]] = []
-            if event.kind == "result":
+            if role == RESULT:
                 changes.append(("result", self._apply_result(dev, event)))
-            elif event.kind == "status":
+            elif role == STATUS:
                 self._apply_status(dev, event)
-            elif event.kind == "heartbeat":
-                dev.last_heartbeat = event.received
-                dev.heartbeat = event.payload
-                if dev.state == "unknown":  # heartbeats only come from a running device
+            elif role == LATEST:
+                dev.latest[event.kind] = bounded(event.payload)
+                dev.latest_at[event.kind] = event.received
+                if dev.state == "unknown":  # periodic messages only come from a running device
                     dev.state, dev.state_since = "online", event.received
             else:  # error events and invalid payloads
                 row = error_row(event)
@@ -168,7 +211,7 @@ class DashboardState:
         dev.last_result = row
         dev.recent.append((event.received, row["total_ms"]))
         if p.get("model") and not dev.model:
-            dev.model = p["model"]
+            dev.model = bounded(p["model"])
         if "threshold" in p:
             dev.threshold = p["threshold"]
         if row["score"] is not None:
@@ -189,10 +232,10 @@ class DashboardState:
         if p["state"] != dev.state:
             dev.state_since = event.received
         dev.state = p["state"]
-        dev.reason = p.get("reason")
-        dev.model = p.get("model") or dev.model
-        dev.sources = p.get("sources") or dev.sources
-        dev.medge_version = p.get("medge_version") or dev.medge_version
+        dev.reason = bounded(p.get("reason"))
+        dev.model = bounded(p.get("model")) or dev.model
+        dev.sources = bounded(p.get("sources")) or dev.sources
+        dev.medge_version = bounded(p.get("medge_version")) or dev.medge_version
 
     def set_broker(self, connected: bool, url: str | None = None, message: str | None = None) -> None:
         with self._lock:

@@ -2,11 +2,14 @@
 
 Each stored row is one `Event` (invalid ones included: the error list survives a restart
 too). The message id is the primary key, which also drops QoS 1 duplicates on disk.
-Heartbeats are only kept as the latest per device: the history is about results and events.
+Kinds whose role is "latest" (heartbeats) are only kept as the latest per device: the history
+is about results and events. A row that cannot be read back (e.g. a NaN stored by an older
+version) is skipped and counted on replay, never allowed to stop the dashboard.
 """
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -14,7 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from medge.dashboard.events import Event
+from medge.edge.comms.topics import KINDS, LATEST
 from medge.edge.errors import ConfigError
+from medge.edge.payloads import decode
+
+log = logging.getLogger("medge.dashboard")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -46,16 +53,22 @@ class HistoryStore:
             raise ConfigError(f"--db {self.path}: cannot open the history database ({error})") from None
         self._lock = threading.Lock()
         self._added = 0
+        self.unreadable = 0  # rows skipped by the last replay
 
     def add(self, event: Event) -> bool:
         """Store `event`; False when its id was stored before (a duplicate delivery)."""
+        try:
+            row = json.dumps(event.to_dict(), allow_nan=False)
+        except (TypeError, ValueError) as error:  # parse_message never lets one through; be sure
+            log.error("not storing event %s: %s", event.id, error)
+            return False
         with self._lock:
-            if event.kind == "heartbeat":
-                self._db.execute("DELETE FROM events WHERE kind = 'heartbeat' AND site = ? AND device = ?",
-                                 (event.site, event.device))
+            if event.kind in KINDS and KINDS[event.kind].role == LATEST:
+                self._db.execute("DELETE FROM events WHERE kind = ? AND site = ? AND device = ?",
+                                 (event.kind, event.site, event.device))
             cursor = self._db.execute(
                 "INSERT OR IGNORE INTO events (id, kind, site, device, received, event) VALUES (?, ?, ?, ?, ?, ?)",
-                (event.id, event.kind, event.site, event.device, event.received, json.dumps(event.to_dict())))
+                (event.id, event.kind, event.site, event.device, event.received, row))
             self._added += 1
             if self._added % 500 == 0:
                 self._prune()
@@ -67,12 +80,18 @@ class HistoryStore:
                          "(SELECT rowid FROM events ORDER BY received DESC LIMIT ?)", (self.max_events,))
 
     def replay(self) -> Iterator[Event]:
-        """Every stored event, oldest first."""
+        """Every readable stored event, oldest first (arrival order); `unreadable` counts the rest."""
         with self._lock:
             self._prune()
             rows = self._db.execute("SELECT event FROM events ORDER BY received, rowid").fetchall()
+        self.unreadable = 0
         for (data,) in rows:
-            yield Event.from_dict(json.loads(data))
+            try:
+                event = Event.from_dict(decode(data))  # strict: a stored NaN is refused here
+            except (TypeError, ValueError, RecursionError):
+                self.unreadable += 1
+                continue
+            yield event
 
     def count(self, kind: str | None = None) -> int:
         with self._lock:

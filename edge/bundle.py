@@ -1,7 +1,8 @@
 """The model bundle: a folder a device can trust, and the only way the device loads a model.
 
 A bundle holds the model file(s), `medge.json` (the manifest: everything the device needs,
-see edge/schemas/bundle.schema.json) and the conversion report. The manifest lists the
+typed in `medge.edge.manifest`, shaped by edge/schemas/bundle.schema.json) and the conversion
+report. The manifest lists the
 sha256 of every other file, so the whole folder is authenticated by the manifest alone; an
 optional `medge.sig` is an Ed25519 signature over the exact bytes of `medge.json`.
 
@@ -19,45 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BundleError
+from .manifest import BUNDLE_SCHEMA, MANIFEST_NAME, Manifest, TensorInfo
 from .preprocess import PreprocessSpec
 
-MANIFEST_NAME = "medge.json"
 SIGNATURE_NAME = "medge.sig"
 REPORT_NAME = "conversion_report.json"
-BUNDLE_SCHEMA = "medge.bundle/1"
 SIGNATURE_SCHEMA = "medge.signature/1"
 
-# Which runtime family executes which file; the format names are the ones `medge convert
-# --formats` accepts (the convert side keeps the full table, this is all the device needs).
+# Which runtime family executes a model file, by its suffix (edge/runtime.py lists each
+# family's runtimes). A convert format row (convert/formats.py) names its file, hence its family.
 RUNTIME_FAMILY = {".tflite": "tflite", ".onnx": "onnx"}
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One model input or output as the runtime sees it; int8 tensors carry scale/zero point."""
-
-    shape: tuple
-    dtype: str
-    name: str = ""
-    scale: float | None = None
-    zero_point: int | None = None
-    # Outputs only: "sigmoid"/"softmax" when the model file ends at the logits and the runtime
-    # applies the activation in float after dequantizing. An int8 *probability* output has a
-    # fixed 1/256 grid that ties every confident case; int8 logits keep their order.
-    activation: str | None = None
-
-    @property
-    def quantized(self) -> bool:
-        return self.dtype in ("int8", "uint8") and bool(self.scale)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
-                "scale": self.scale, "zero_point": self.zero_point, "activation": self.activation}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TensorInfo:
-        return cls(shape=tuple(data["shape"]), dtype=data["dtype"], name=data.get("name", ""),
-                   scale=data.get("scale"), zero_point=data.get("zero_point"), activation=data.get("activation"))
 
 
 @dataclass(frozen=True)
@@ -88,47 +60,48 @@ class Artifact:
 
 @dataclass
 class Bundle:
-    """A verified bundle. Only `load_bundle` builds one, so holding one means the hashes matched."""
+    """A verified bundle. Only `load_bundle` builds one, so holding one means the hashes matched.
+
+    The accessors below are shortcuts into the typed manifest, kept because most of the device
+    reads a bundle through them.
+    """
 
     path: Path
-    manifest: dict
+    manifest: Manifest
     signed_by: str | None = None  # key id of the verified signature, if one was checked
 
     @property
     def name(self) -> str:
-        return self.manifest["model"]["name"]
+        return self.manifest.model.name
 
     @property
     def version(self) -> str:
-        return str(self.manifest["model"]["version"])
+        return self.manifest.model.version
 
     @property
     def classes(self) -> list[str]:
-        return list(self.manifest["classes"])
+        return list(self.manifest.classes)
 
     @property
     def task(self) -> str:
-        return self.manifest["task"]
+        return self.manifest.task
 
     @property
     def threshold(self) -> float | None:
-        return self.manifest.get("threshold")
+        return self.manifest.threshold
 
     @property
     def positive_class(self) -> str | None:
-        return self.manifest.get("positive_class")
+        return self.manifest.positive_class
 
     @property
     def spec(self) -> PreprocessSpec:
-        return PreprocessSpec.from_dict(self.manifest["preprocessing"])
-
-    @property
-    def applicability(self) -> dict | None:
-        return self.manifest.get("applicability")
+        return self.manifest.preprocessing
 
     @property
     def artifacts(self) -> list[Artifact]:
-        return [_artifact_from_manifest(entry, self.path) for entry in self.manifest["artifacts"]]
+        return [Artifact(file=self.path / entry.file, format=entry.format, sha256=entry.sha256, input=entry.input,
+                         output=entry.output, gate=entry.gate) for entry in self.manifest.artifacts]
 
     def artifact(self, format: str | None = None) -> Artifact:
         """The first (default) model artifact, or the one of the given format."""
@@ -146,20 +119,14 @@ class Bundle:
 
         Attributes the input does not carry (plain JPEG/PNG) are not held against it.
         """
-        scope = self.applicability or {}
-        modalities = [m.upper() for m in scope.get("modalities") or []]
-        body_parts = [b.upper() for b in scope.get("body_parts") or []]
+        scope = self.manifest.applicability
+        modalities = [m.upper() for m in scope.modalities] if scope else []
+        body_parts = [b.upper() for b in scope.body_parts] if scope else []
         if modalities and modality and modality.upper() not in modalities:
             return f"modality {modality} is outside the model's scope ({', '.join(modalities)})"
         if body_parts and body_part and body_part.upper() not in body_parts:
             return f"body part {body_part} is outside the model's scope ({', '.join(body_parts)})"
         return None
-
-
-def _artifact_from_manifest(entry: dict, root: Path) -> Artifact:
-    return Artifact(file=root / entry["file"], format=entry["format"], sha256=entry["sha256"],
-                    input=TensorInfo.from_dict(entry["input"]), output=TensorInfo.from_dict(entry["output"]),
-                    gate=entry.get("gate") or {})
 
 
 # --------------------------------------------------------------------------- hashing
@@ -187,11 +154,13 @@ def bundle_files(folder: Path) -> list[str]:
 # --------------------------------------------------------------------------- loading
 
 
-def load_bundle(path: str | Path, public_key=None, require_signature: bool = False) -> Bundle:
+def load_bundle(path: str | Path, public_key=None, require_signature: bool = False, trusted_keys=()) -> Bundle:
     """Read and verify a bundle folder (or its medge.json). Raises BundleError naming what is wrong.
 
-    `public_key` is a path to a PEM public key, PEM bytes or a loaded Ed25519 key; with it the
-    signature must be present and valid. `require_signature` refuses unsigned bundles.
+    `trusted_keys` (and `public_key`, one more) are paths to PEM public keys, PEM bytes or
+    loaded Ed25519 keys: with any given, the bundle must carry a valid signature by one of them
+    (several keys, so a site can rotate its signing key). `require_signature` alone refuses
+    unsigned bundles.
     """
     folder = Path(path)
     if folder.is_file() and folder.name == MANIFEST_NAME:
@@ -204,74 +173,41 @@ def load_bundle(path: str | Path, public_key=None, require_signature: bool = Fal
     if not manifest_path.is_file():
         raise BundleError(f"{folder}: not a model bundle ({MANIFEST_NAME} is missing)")
     manifest_bytes = manifest_path.read_bytes()
-    manifest = _parse_manifest(manifest_bytes, manifest_path)
+    try:
+        data = json.loads(manifest_bytes)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{manifest_path}: not valid JSON ({error}); the manifest is corrupt") from None
+    manifest = Manifest.from_dict(data, where=str(manifest_path))
     _verify_files(folder, manifest)
+    keys = [load_public_key(key) for key in [*trusted_keys, *([public_key] if public_key is not None else [])]]
     signed_by = None
     signature_path = folder / SIGNATURE_NAME
-    if public_key is not None or require_signature:
+    if keys or require_signature:
         if not signature_path.is_file():
-            raise BundleError(f"{folder}: bundle is not signed ({SIGNATURE_NAME} is missing)")
-    if public_key is not None:
-        signed_by = verify_signature(manifest_bytes, signature_path, load_public_key(public_key))
+            raise BundleError(f"{folder}: bundle is not signed ({SIGNATURE_NAME} is missing) and a signature is "
+                              "required; refusing to load")
+    if keys:
+        signed_by = verify_signature(manifest_bytes, signature_path, keys)
     elif require_signature:
         raise BundleError(f"{folder}: a signature is required but no public key was given to check it")
     return Bundle(path=folder, manifest=manifest, signed_by=signed_by)
 
 
-def _parse_manifest(data: bytes, path: Path) -> dict:
-    try:
-        manifest = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BundleError(f"{path}: not valid JSON ({error}); the manifest is corrupt") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{path}: manifest must be a JSON object")
-    schema = manifest.get("schema")
-    if schema != BUNDLE_SCHEMA:
-        raise BundleError(f"{path}: unsupported bundle schema {schema!r} (this medge reads {BUNDLE_SCHEMA})")
-    for key in ("model", "task", "classes", "preprocessing", "artifacts", "files"):
-        if key not in manifest:
-            raise BundleError(f"{path}: manifest has no {key!r}")
-    if not manifest["artifacts"] or not isinstance(manifest["artifacts"], list):
-        raise BundleError(f"{path}: manifest lists no model artifact")
-    if not isinstance(manifest["files"], dict):
-        raise BundleError(f"{path}: manifest 'files' must map each file name to its sha256")
-    for entry in manifest["artifacts"]:
-        if not isinstance(entry, dict):
-            raise BundleError(f"{path}: every model artifact must be a JSON object")
-        missing = [key for key in ("file", "format", "sha256", "input", "output") if key not in entry]
-        if missing:
-            raise BundleError(f"{path}: model artifact {entry.get('file', '?')!r} has no {missing[0]!r}")
-    if manifest["task"] == "binary" and (manifest.get("threshold") is None or not manifest.get("positive_class")):
-        raise BundleError(f"{path}: a binary model needs 'threshold' and 'positive_class'")
-    threshold, classes = manifest.get("threshold"), manifest["classes"]
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
-        raise BundleError(f"{path}: threshold must be a number, not {threshold!r}")
-    if manifest["task"] == "binary":
-        if not isinstance(classes, list) or len(classes) != 2 or manifest["positive_class"] not in classes:
-            raise BundleError(f"{path}: a binary model needs exactly 2 classes including positive_class "
-                              f"{manifest['positive_class']!r} (has {classes!r})")
-    try:
-        PreprocessSpec.from_dict(manifest["preprocessing"])
-    except Exception as error:
-        raise BundleError(f"{path}: invalid preprocessing spec ({error})") from None
-    return manifest
-
-
-def _verify_files(folder: Path, manifest: dict) -> None:
-    files = manifest["files"]
-    for entry in manifest["artifacts"]:
-        if not isinstance(entry.get("file"), str) or entry["file"] not in files:
-            raise BundleError(f"{folder}: model file {entry.get('file')!r} is not covered by the manifest's hashes")
-        if entry.get("sha256") != files[entry["file"]]:
+def _verify_files(folder: Path, manifest: Manifest) -> None:
+    files = manifest.files
+    for entry in manifest.artifacts:
+        if entry.file not in files:
+            raise BundleError(f"{folder}: model file {entry.file!r} is not covered by the manifest's hashes")
+        if entry.sha256 != files[entry.file]:
             # Artifact.sha256 is what results report as the model's identity: it must be the verified one.
-            raise BundleError(f"{folder}: model file {entry['file']!r} has a different sha256 in 'artifacts' than in 'files'")
+            raise BundleError(f"{folder}: model file {entry.file!r} has a different sha256 in 'artifacts' than in 'files'")
     for name, expected in files.items():
         target = (folder / name).resolve()
         if folder.resolve() not in target.parents:
             raise BundleError(f"{folder}: manifest names a file outside the bundle ({name!r})")
         if not target.is_file():
             raise BundleError(f"{folder}: {name} is missing from the bundle")
-        size = (manifest.get("file_sizes") or {}).get(name)
+        size = manifest.file_sizes.get(name)
         if size is not None and target.stat().st_size != size:
             raise BundleError(
                 f"{folder}: {name} is {target.stat().st_size} bytes, the manifest says {size} (truncated or replaced); refusing to load")
@@ -285,24 +221,27 @@ def _verify_files(folder: Path, manifest: dict) -> None:
 # --------------------------------------------------------------------------- writing
 
 
-def write_manifest(folder: str | Path, manifest: dict, private_key=None) -> Path:
+def write_manifest(folder: str | Path, manifest: Manifest | dict, private_key=None) -> Path:
     """Hash every file in `folder` into the manifest, write medge.json, and sign it if a key is given.
 
-    Written last, so a folder without medge.json is never mistaken for a finished bundle.
+    The manifest is checked against the schema exactly as a device will check it, so nothing a
+    device would refuse is ever written. Written last, so a folder without medge.json is never
+    mistaken for a finished bundle.
     """
     folder = Path(folder)
     names = bundle_files(folder)
-    manifest = dict(manifest, schema=BUNDLE_SCHEMA)
-    manifest["files"] = {name: sha256_file(folder / name) for name in names}
-    manifest["file_sizes"] = {name: (folder / name).stat().st_size for name in names}
-    data = (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode()
+    data = manifest.to_dict() if isinstance(manifest, Manifest) else dict(manifest)
+    data["schema"] = BUNDLE_SCHEMA
+    data["files"] = {name: sha256_file(folder / name) for name in names}
+    data["file_sizes"] = {name: (folder / name).stat().st_size for name in names}
+    manifest_path = folder / MANIFEST_NAME
+    data = Manifest.from_dict(data, where=str(manifest_path)).to_json()
     signature_path = folder / SIGNATURE_NAME
     if signature_path.exists():
         signature_path.unlink()
     if private_key is not None:
         key = load_private_key(private_key)
         signature_path.write_text(json.dumps(sign_bytes(data, key), indent=2) + "\n")
-    manifest_path = folder / MANIFEST_NAME
     temporary = folder / (MANIFEST_NAME + ".tmp")
     temporary.write_bytes(data)
     os.replace(temporary, manifest_path)
@@ -392,9 +331,15 @@ def sign_bytes(data: bytes, private_key) -> dict:
             "signature": base64.b64encode(key.sign(data)).decode()}
 
 
-def verify_signature(data: bytes, signature_path: Path, public_key) -> str:
-    """Check medge.sig against `data`; returns the key id, raises BundleError when it does not match."""
+def verify_signature(data: bytes, signature_path: Path, public_keys) -> str:
+    """Check medge.sig against `data` and the trusted key(s); returns the id of the key that signed.
+
+    The key id written in medge.sig only picks which trusted key to try: it is not itself
+    trusted, the Ed25519 check decides.
+    """
     _, _, InvalidSignature = _crypto()
+    keys = public_keys if isinstance(public_keys, (list, tuple)) else [public_keys]
+    trusted = {key_id(key): key for key in keys}
     try:
         record = json.loads(signature_path.read_text())
         signature = base64.b64decode(record["signature"], validate=True)
@@ -402,15 +347,18 @@ def verify_signature(data: bytes, signature_path: Path, public_key) -> str:
         raise BundleError(f"{signature_path}: unreadable signature file ({error})") from None
     if record.get("algorithm") != "ed25519":
         raise BundleError(f"{signature_path}: unsupported signature algorithm {record.get('algorithm')!r}")
-    expected_id = key_id(public_key)
-    try:
-        public_key.verify(signature, data)
-    except InvalidSignature:
-        if record.get("key_id") and record["key_id"] != expected_id:
-            raise BundleError(
-                f"{signature_path.parent}: signature was made with key {record['key_id']}, not with the given public key "
-                f"{expected_id}; refusing to load") from None
+    claimed = record.get("key_id")
+    candidates = [claimed] if claimed in trusted else list(trusted)
+    for candidate in candidates:
+        try:
+            trusted[candidate].verify(signature, data)
+        except InvalidSignature:
+            continue
+        return candidate
+    if claimed and claimed not in trusted:
         raise BundleError(
-            f"{signature_path.parent}: signature does not match {MANIFEST_NAME} (the manifest was modified after signing); "
-            "refusing to load") from None
-    return expected_id
+            f"{signature_path.parent}: signature was made with key {claimed}, which is not a trusted key "
+            f"({', '.join(trusted)}); refusing to load")
+    raise BundleError(
+        f"{signature_path.parent}: signature does not match {MANIFEST_NAME} (the manifest was modified after signing); "
+        "refusing to load")

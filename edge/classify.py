@@ -1,18 +1,21 @@
-"""Display pixels -> a decision: the one function `medge predict` and the daemon both call.
+"""An input -> a decision: the one function (`analyse`) `medge predict` and the daemon both call.
 
-Keeping the preprocessing, the runtime call and the threshold rule in one place is what
-makes `medge predict IMAGE` and the daemon's published result identical for the same image.
+Keeping the decode, the applicability check, the preprocessing, the runtime call, the
+threshold rule and the choice among a multi-frame input's frames in one place is what makes
+`medge predict IMAGE` and the daemon's published result identical for the same image.
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from .bundle import Artifact, Bundle
-from .errors import BundleError
-from .preprocess import preprocess
+from .errors import BundleError, InputError
+from .preprocess import DecodedImage, preprocess
 from .runtime import Predictor, create_predictor
 
 
@@ -24,9 +27,12 @@ class Classification:
     positive: bool
     probabilities: dict[str, float]
     timing_ms: dict[str, float]  # "preprocess", "inference"
+    # What the model saw, kept so an explanation (edge/explain.py) needs no second preprocessing;
+    # never part of a result (to_dict, payloads).
+    model_input: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if key != "model_input"}
 
 
 def decide(probabilities: np.ndarray, classes: list[str], task: str, threshold: float | None,
@@ -44,6 +50,14 @@ def decide(probabilities: np.ndarray, classes: list[str], task: str, threshold: 
         return classes[positive_index if positive else negative_index], score, positive
     index = int(np.argmax(probabilities))
     return classes[index], float(probabilities[index]), index != 0
+
+
+def abnormality(probabilities: dict[str, float], classes: list[str], task: str, positive_class: str | None) -> float:
+    """How strongly one image points away from normal, by the same rule as `decide`: binary,
+    P(positive class); multi-class, 1 - P(the first, reference class)."""
+    if task == "binary":
+        return probabilities.get(positive_class, 0.0)
+    return 1.0 - probabilities.get(classes[0], 0.0)
 
 
 class Classifier:
@@ -65,12 +79,18 @@ class Classifier:
     def runtime_name(self) -> str:
         return self.predictor.runtime_name
 
-    def classify(self, pixels: np.ndarray) -> Classification:
+    def classify(self, pixels: np.ndarray, name: str = "input") -> Classification:
+        """One image's decision. A model answering NaN or infinity is an InputError: such a
+        number must never be published (nor compared with a threshold)."""
         started = time.perf_counter()
         model_input = preprocess(pixels, self.spec)
         prepared = time.perf_counter()
         probabilities = self.predictor.predict(model_input[np.newaxis])[0]
         finished = time.perf_counter()
+        if not np.all(np.isfinite(probabilities)):
+            bad = next(float(p) for p in probabilities if not math.isfinite(float(p)))
+            raise InputError(f"{name}: the model returned a non-finite score ({bad}) for this image: "
+                             "refused, no result is given for it")
         bundle = self.bundle
         label, score, positive = decide(probabilities, bundle.classes, bundle.task, bundle.threshold,
                                         bundle.positive_class)
@@ -82,4 +102,90 @@ class Classifier:
             probabilities={name: float(p) for name, p in zip(bundle.classes, probabilities)},
             timing_ms={"preprocess": round((prepared - started) * 1000, 3),
                        "inference": round((finished - prepared) * 1000, 3)},
+            model_input=model_input,
         )
+
+
+# --------------------------------------------------------------------------- one whole input
+
+FRAME_POLICIES = ("first", "all", "max")
+MIN_SIDE = 8  # below this many pixels on a side an image carries too little to classify
+
+
+@dataclass
+class FrameResult:
+    index: int
+    classification: Classification
+    preprocess_ms: float  # summed over every frame looked at, for policy "max"
+    inference_ms: float
+
+
+@dataclass
+class Analysis:
+    """One input's outcome: not applicable (with a reason), or the classified frame(s)."""
+
+    decoded: DecodedImage
+    decode_ms: float
+    policy: str  # the frame policy applied; "first" for a single-frame input
+    frames: list[FrameResult] = field(default_factory=list)
+    not_applicable: str | None = None
+    warnings: list[str] = field(default_factory=list)  # degenerate input: classified, but say so
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.decoded.frames)
+
+
+def analyse(classifier: Classifier, load: Callable[[], DecodedImage], frames: str = "first",
+            name: str = "input", peek: Callable[[], DecodedImage | None] | None = None) -> Analysis:
+    """Decode (`load`), check the bundle's scope, classify the frames the policy names and keep
+    the one(s) it selects. Raises MedgeError for a bad input, naming it `name`.
+
+    `peek` (optional) returns the input's header facts without pixels: an input outside the
+    model's scope is then answered not_applicable without being decoded at all."""
+    if frames not in FRAME_POLICIES:
+        raise ValueError(f"unknown frame policy {frames!r}")
+    bundle = classifier.bundle
+    started = time.perf_counter()
+    header = peek() if peek is not None else None
+    if header is not None:
+        reason = bundle.not_applicable_reason(header.modality, header.body_part)
+        if reason is not None:
+            return Analysis(decoded=header, decode_ms=(time.perf_counter() - started) * 1000.0,
+                            policy="first", not_applicable=reason)
+    decoded = load()
+    analysis = Analysis(decoded=decoded, decode_ms=(time.perf_counter() - started) * 1000.0,
+                        policy=frames if len(decoded.frames) > 1 else "first")
+    analysis.not_applicable = bundle.not_applicable_reason(decoded.modality, decoded.body_part)
+    if analysis.not_applicable is not None:
+        return analysis
+    indices = [0] if analysis.policy == "first" else range(len(decoded.frames))
+    classified = [(index, classifier.classify(decoded.frames[index], name=name)) for index in indices]
+    analysis.frames = select_frames(classified, analysis.policy, bundle)
+    analysis.warnings = degenerate_image_warnings(decoded.frames[analysis.frames[0].index])
+    return analysis
+
+
+def select_frames(classified: list[tuple[int, Classification]], policy: str, bundle: Bundle) -> list[FrameResult]:
+    """The frame(s) a policy reports: "first"/"all" each one classified; "max" the single most
+    abnormal frame by the decision rule (`abnormality`), with the time spent on every frame."""
+    results = [FrameResult(index, c, c.timing_ms.get("preprocess", 0.0), c.timing_ms.get("inference", 0.0))
+               for index, c in classified]
+    if policy != "max":
+        return results
+    best = max(results, key=lambda r: abnormality(r.classification.probabilities, bundle.classes, bundle.task,
+                                                  bundle.positive_class))
+    return [FrameResult(best.index, best.classification, sum(r.preprocess_ms for r in results),
+                        sum(r.inference_ms for r in results))]
+
+
+def degenerate_image_warnings(pixels: np.ndarray) -> list[str]:
+    """Why an image that decoded fine is still no picture to judge (a 1x1 image, a flat one)."""
+    warnings = []
+    height, width = pixels.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        warnings.append(f"image is only {width}x{height} pixels: too small to classify meaningfully")
+    low, high = int(pixels.min()), int(pixels.max())
+    if low == high:
+        warnings.append(f"image is flat (every pixel has the value {low}): there is nothing to classify")
+    return warnings

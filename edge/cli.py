@@ -9,6 +9,7 @@ import click
 
 from .bundle import SIGNATURE_NAME, load_bundle
 from .errors import InputError, MedgeError
+from .explain import SUFFIX as EXPLAIN_SUFFIX
 from .preprocess import DEFAULT_MAX_PIXELS, decode_image
 from .runtime import RUNTIMES
 
@@ -25,7 +26,7 @@ def bundle_group():
 def verify_command(bundle, public_key, require_signature):
     """Check every file's sha256 (and the signature, with --public-key). Exit 1 on any mismatch."""
     loaded = load_bundle(bundle, public_key=public_key, require_signature=require_signature)
-    files = loaded.manifest["files"]
+    files = loaded.manifest.files
     if loaded.signed_by:
         signature = f"valid, key {loaded.signed_by}"
     elif (loaded.path / SIGNATURE_NAME).exists():
@@ -48,24 +49,36 @@ def verify_command(bundle, public_key, require_signature):
 @click.option("--public-key", type=click.Path(path_type=Path), help="Refuse the bundle unless signed with this key.")
 @click.option("--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse larger images before decoding.")
-def predict_command(bundle, images, runtime, threads, format_name, public_key, max_pixels):
-    """Classify IMAGE files (JPEG, PNG, 16-bit PNG, DICOM) with BUNDLE: one JSON line per image.
+@click.option("--explain", "explain_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Also write an occlusion heatmap overlay per image: DIR/NAME.heatmap.png (not for diagnostic use).")
+@click.option("--verbose", "-v", is_flag=True, help="Also show the model runtime's own messages (e.g. XNNPACK).")
+def predict_command(bundle, images, runtime, threads, format_name, public_key, max_pixels, explain_dir, verbose):
+    """Classify IMAGE files (JPEG, PNG, BMP, TIFF, 16-bit PNG, DICOM) with BUNDLE: one JSON line per image.
 
-    Uses the same code as the edge daemon, so the result equals what it publishes. An image
-    that cannot be read gives a line with "status": "error" and exit code 1 at the end.
+    Uses the same code as the edge daemon, so the result equals what it publishes (scores
+    rounded alike, to 6 decimals). An image that cannot be read gives a line with
+    "status": "error" and exit code 1 at the end.
 
     \b
     Example:
       medge predict bundles/pneumonia scans/*.dcm | jq .class
     """
     from .classify import Classifier
+    from .runtime import native_messages
 
     loaded = load_bundle(bundle, public_key=public_key)
-    classifier = Classifier(loaded, runtime=None if runtime == "auto" else runtime, threads=threads, format=format_name)
+    if explain_dir is not None:
+        try:
+            explain_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise InputError(f"--explain {explain_dir}: cannot create the folder ({error.strerror or error})") from None
+    with native_messages(shown=verbose):
+        classifier = Classifier(loaded, runtime=None if runtime == "auto" else runtime, threads=threads,
+                                format=format_name)
     failed = 0
     for image in images:
         try:
-            line = predict_line(classifier, image, max_pixels)
+            line = predict_line(classifier, image, max_pixels, explain_dir)
         except MedgeError as error:
             failed += 1
             line = {"file": str(image), "status": "error", "error": str(error)}
@@ -75,33 +88,57 @@ def predict_command(bundle, images, runtime, threads, format_name, public_key, m
         raise InputError(f"{failed} of {len(images)} image(s) could not be classified")
 
 
-def predict_line(classifier, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
-    """One image's JSON record (first frame of multi-frame DICOM)."""
+def predict_line(classifier, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, explain_dir: Path | None = None) -> dict:
+    """One image's JSON record (first frame of multi-frame DICOM), from `classify.analyse`, the
+    function the daemon calls; only the formatting is the command's. With `explain_dir`, the
+    heatmap overlay (edge/explain.py, as the daemon makes it) goes to DIR/NAME.heatmap.png."""
+    from .classify import analyse
+
     started = time.perf_counter()
-    decoded = decode_image(path, max_pixels=max_pixels)
-    decode_ms = (time.perf_counter() - started) * 1000.0
+    analysis = analyse(classifier, lambda: decode_image(path, max_pixels=max_pixels), "first", name=str(path))
+    decoded = analysis.decoded
     bundle, artifact = classifier.bundle, classifier.artifact
     line = {
         "file": str(path),
         "model": {"name": bundle.name, "version": bundle.version, "sha256": artifact.sha256, "format": artifact.format},
         "runtime": classifier.runtime_name,
     }
-    if len(decoded.frames) > 1:
-        line["frame"] = {"policy": "first", "index": 0, "count": len(decoded.frames)}
+    if analysis.frame_count > 1:
+        line["frame"] = {"policy": analysis.policy, "index": analysis.frames[0].index if analysis.frames else 0,
+                         "count": analysis.frame_count}
     if decoded.kind == "dicom":
         line["dicom"] = {"modality": decoded.modality, "body_part": decoded.body_part}
-    reason = bundle.not_applicable_reason(decoded.modality, decoded.body_part)
-    if reason:
-        return {**line, "status": "not_applicable", "reason": reason}
-    result = classifier.classify(decoded.pixels)
-    timing = {"decode": round(decode_ms, 3), **result.timing_ms}
+    if analysis.not_applicable:
+        return {**line, "status": "not_applicable", "reason": analysis.not_applicable}
+    result = analysis.frames[0].classification
+    timing = {"decode": round(analysis.decode_ms, 3), **result.timing_ms}
     timing["total"] = round((time.perf_counter() - started) * 1000.0, 3)
-    return {**line, "status": "classified", "class": result.label, "score": result.score,
-            "threshold": result.threshold, "positive": result.positive, "probabilities": result.probabilities,
-            "timing_ms": timing, "disclaimer": _disclaimer()}
+    line.update(status="classified", **{"class": result.label}, score=round_score(result.score),
+                threshold=None if result.threshold is None else round_score(result.threshold), positive=result.positive,
+                probabilities={name: round_score(p) for name, p in result.probabilities.items()}, timing_ms=timing)
+    if analysis.warnings:
+        line["warnings"] = analysis.warnings
+    if explain_dir is not None:
+        line["heatmap"] = str(write_heatmap(classifier, analysis, explain_dir / f"{path.name}{EXPLAIN_SUFFIX}"))
+    return {**line, "disclaimer": _disclaimer()}
+
+
+def write_heatmap(classifier, analysis, target: Path) -> Path:
+    from .explain import explain_analysis
+
+    try:
+        target.write_bytes(explain_analysis(classifier, analysis).png())
+    except OSError as error:
+        raise InputError(f"{target}: cannot write the heatmap ({error.strerror or error})") from None
+    return target
+
+
+def round_score(value: float) -> float:
+    """Scores as the daemon publishes them (6 decimals): not 17 digits of float noise."""
+    return round(float(value), 6)
 
 
 def _disclaimer() -> str:
-    from medge import DISCLAIMER
+    from medge.edge.about import DISCLAIMER
 
     return DISCLAIMER

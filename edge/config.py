@@ -1,9 +1,14 @@
 """The edge daemon's one typed configuration, filled from TOML < environment < flags.
 
 Every key has one home: a TOML section (`[mqtt] broker`), an environment variable
-(`MEDGE_BROKER`, or section-qualified `MEDGE_MQTT_BROKER`; `MEDGE_WATCH_DIR` and
-`MEDGE_STATE_DIR` must be qualified because both sections have a `dir`) and, for most, a
-flag of `medge edge run`. The password is deliberately not a flag: command lines are
+(`MEDGE_BROKER`, or section-qualified `MEDGE_MQTT_BROKER`; a key name that two sections share,
+like `dir` of [watch] and [state], has only the qualified one: `MEDGE_WATCH_DIR`) and, for
+most, a flag of `medge edge run`. These MEDGE_* variables are the daemon's only environment
+scheme: `medge edge run/check` take nothing from click's MEDGE_EDGE_RUN_* names.
+
+The input sources' sections ([watch], [dicom], [camera], ...) are not listed here: each source
+module declares its settings (`edge/sources/registry.py`), and `EdgeConfig.watch` etc. reach
+them by name. The password is deliberately not a flag: command lines are
 visible to every user of the device (`ps`), so it comes from MEDGE_MQTT_PASSWORD or a file.
 Validation errors are `ConfigError`s whose message starts with the key they are about.
 """
@@ -18,11 +23,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .comms.topics import topic as build_topic
 from .errors import ConfigError
-from .preprocess import DEFAULT_MAX_PIXELS
+from .preprocess import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 
 ENV_PREFIX = "MEDGE_"
-FRAME_POLICIES = ("first", "all", "max")
 MQTT_VERSIONS = ("5", "3.1.1")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
@@ -43,6 +48,42 @@ def default_state_dir() -> Path:
     return Path(base) / "medge"
 
 
+# The one broker URL parser, for the daemon, the dashboard, the monitor and the demo.
+# tcp:// and ssl:// are accepted as aliases of mqtt:// and mqtts:// (the dashboard always took
+# them, as do mosquitto and paho's docs); credentials in the URL are refused: a URL is a flag,
+# and flags are visible to every user of the machine (`ps`).
+BROKER_SCHEMES = {"mqtt": (False, 1883), "tcp": (False, 1883), "mqtts": (True, 8883), "ssl": (True, 8883)}
+BROKER_URL_FORM = "mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    tls: bool
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """`mqtt[s]://HOST[:PORT]` (or tcp:// / ssl://) -> BrokerAddress; ConfigError(mqtt.broker: ...)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # an unclosed [IPv6 address, a port that is not a number
+        raise ConfigError(f"mqtt.broker: {url!r} must look like {BROKER_URL_FORM}") from None
+    if parts.scheme not in BROKER_SCHEMES or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(f"mqtt.broker: {url!r} must look like {BROKER_URL_FORM}")
+    if parts.username or parts.password:
+        raise ConfigError("mqtt.broker: no credentials in the URL; set mqtt.username and the password in "
+                          "MEDGE_MQTT_PASSWORD or mqtt.password_file")
+    tls, default_port = BROKER_SCHEMES[parts.scheme]
+    return BrokerAddress(tls=tls, host=parts.hostname, port=port or default_port)
+
+
 @dataclass
 class MqttSettings:
     broker: str = "mqtt://127.0.0.1:1883"
@@ -59,17 +100,25 @@ class MqttSettings:
     heartbeat_s: float = 30.0
 
     @property
+    def address(self) -> BrokerAddress:
+        return parse_broker_url(self.broker)
+
+    @property
     def tls(self) -> bool:
-        return urlsplit(self.broker).scheme == "mqtts"
+        return self.address.tls
 
     @property
     def host(self) -> str:
-        return urlsplit(self.broker).hostname or "127.0.0.1"
+        return self.address.host
 
     @property
     def port(self) -> int:
-        parts = urlsplit(self.broker)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        return self.address.port
+
+    @property
+    def public_url(self) -> str:
+        """Scheme, host and port only: what logs and a browser may see."""
+        return self.address.url
 
     def resolved_password(self) -> str | None:
         if self.password_file is not None:
@@ -78,30 +127,6 @@ class MqttSettings:
             except (OSError, UnicodeDecodeError) as error:
                 raise ConfigError(f"mqtt.password_file: cannot read {self.password_file} ({error})") from None
         return self.password
-
-
-@dataclass
-class WatchSettings:
-    dir: Path | None = None
-    processed_dir: Path | None = None
-    rejected_dir: Path | None = None
-    stable_s: float = 1.0
-    poll_s: float = 0.5
-
-
-@dataclass
-class DicomSettings:
-    port: int | None = None
-    ae_title: str = "MEDGE"
-    allowed_callers: list[str] = field(default_factory=list)
-    frames: str = "first"
-
-
-@dataclass
-class CameraSettings:
-    src: str | None = None
-    fps: float = 1.0
-    roi: list[int] | None = None
 
 
 @dataclass
@@ -121,7 +146,58 @@ class StateSettings:
 class LogSettings:
     level: str = "INFO"
     format: str = "text"
+
+
+@dataclass
+class InputSettings:
+    """Limits on every input, whichever source it came from."""
+
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # Files larger than this are refused before a byte is read (a 3 GB sparse file costs nothing).
+    max_file_mb: float = DEFAULT_MAX_FILE_BYTES / (1024 * 1024)
+    # An input handed over longer than this without an outcome, or a stage failing, makes the
+    # daemon `degraded` (error event, status, heartbeat) and silences the systemd watchdog.
+    stall_s: float = 60.0
+    # An occlusion heatmap overlay (edge/explain.py) beside each classified watch-folder file:
+    # processed/NAME.heatmap.png. Off by default (it costs ~0.1-0.2 s and ~0.5 MB per input);
+    # heatmaps stay on the device either way, never on MQTT.
+    explain: bool = False
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 1024 * 1024)
+
+
+# Keys that moved: still read (with a warning in EdgeConfig.warnings), written under the new name.
+MOVED_KEYS = {"log.max_pixels": "input.max_pixels"}
+
+
+def default_source_settings() -> dict:
+    from .sources.registry import source_types
+
+    return {name: source.settings() for name, source in source_types().items()}
+
+
+@dataclass
+class SignatureSettings:
+    # Ed25519 public keys (PEM) a bundle may be signed by; several, so a site can rotate its
+    # signing key. With any configured, an unsigned or badly signed bundle is refused.
+    trusted_keys: list[Path] = field(default_factory=list)
+    # Refuse to start without trusted keys (the shipped deploy config and systemd unit set it).
+    required: bool = False
+
+
+@dataclass
+class PacsSettings:
+    # Results back into the PACS for DICOM inputs (edge/pacs, docs/pacs.md): a Comprehensive SR
+    # and a Secondary Capture per input, sent by C-STORE to AE@HOST:PORT and/or STOW-RS to a URL.
+    cstore: str | None = None
+    stow: str | None = None
+    calling_ae: str | None = None  # [default: dicom.ae_title]
+    outputs: list[str] = field(default_factory=lambda: ["sr", "sc"])
+    retry_min_s: float = 1.0
+    retry_max_s: float = 60.0
+    timeout_s: float = 30.0
 
 
 @dataclass
@@ -130,12 +206,23 @@ class EdgeConfig:
     site: str = "default"
     device: str = field(default_factory=default_device)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
-    watch: WatchSettings = field(default_factory=WatchSettings)
-    dicom: DicomSettings = field(default_factory=DicomSettings)
-    camera: CameraSettings = field(default_factory=CameraSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     state: StateSettings = field(default_factory=StateSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    input: InputSettings = field(default_factory=InputSettings)
+    signature: SignatureSettings = field(default_factory=SignatureSettings)
+    pacs: PacsSettings = field(default_factory=PacsSettings)
+    # One settings object per registered source, by section name: config.watch, config.dicom, ...
+    source_settings: dict = field(default_factory=default_source_settings)
+    # Deprecation notes from loading (a moved key was used); the daemon logs them, check prints them.
+    warnings: list = field(default_factory=list)
+
+    def __getattr__(self, name: str):
+        # Only called when normal lookup fails: the sources' sections by name.
+        sources = self.__dict__.get("source_settings")
+        if sources is not None and name in sources:
+            return sources[name]
+        raise AttributeError(f"EdgeConfig has no setting or section {name!r}")
 
     # ------------------------------------------------------------------ derived paths
     @property
@@ -152,54 +239,35 @@ class EdgeConfig:
 
     @property
     def processed_dir(self) -> Path | None:
-        if self.watch.dir is None:
-            return None
-        return self.watch.processed_dir or self.watch.dir / "processed"
+        return self.watch.processed  # kept for callers; the watch source owns the rule
 
     @property
     def rejected_dir(self) -> Path | None:
-        if self.watch.dir is None:
-            return None
-        return self.watch.rejected_dir or self.watch.dir / "rejected"
+        return self.watch.rejected
 
     def topic(self, kind: str) -> str:
-        """`topic("result")` -> medge/{site}/{device}/result."""
-        return f"{self.mqtt.topic_prefix}/{self.site}/{self.device}/{kind}"
+        """`topic("result")` -> medge/{site}/{device}/result (built by edge/comms/topics.py)."""
+        return build_topic(self.mqtt.topic_prefix, self.site, self.device, kind)
 
     @property
     def client_id(self) -> str:
         return self.mqtt.client_id or f"medge-{self.site}-{self.device}"
 
     def source_names(self) -> list[str]:
-        names = []
-        if self.watch.dir is not None:
-            names.append("watch")
-        if self.dicom.port is not None:
-            names.append("dicom")
-        if self.camera.src is not None:
-            names.append("camera")
-        return names
+        from .sources.registry import source_types
 
-    def redacted(self) -> dict:
-        """The effective configuration for logs and `edge check`: secrets never printed."""
-        out = {}
-        for section, key, _ in _keys():
-            value = getattr(getattr(self, section), key) if section else getattr(self, key)
-            if key == "password" and value:
-                value = "***"
-            out[f"{section}.{key}" if section else key] = str(value) if isinstance(value, Path) else value
-        return out
+        return [name for name, source in source_types().items() if source.enabled(self.source_settings[name])]
 
 
 # ---------------------------------------------------------------------------- loading
 
+# The daemon's own sections; the sources' sections come from their modules (all_sections()).
 SECTIONS = {
-    "mqtt": MqttSettings, "watch": WatchSettings, "dicom": DicomSettings, "camera": CameraSettings,
-    "runtime": RuntimeSettings, "state": StateSettings, "log": LogSettings,
+    "mqtt": MqttSettings,
+    "runtime": RuntimeSettings, "state": StateSettings, "log": LogSettings, "input": InputSettings, "signature": SignatureSettings,
+    "pacs": PacsSettings,
 }
 TOP_LEVEL = ("bundle", "site", "device")
-# Keys of different sections that share a name: their env vars must name the section.
-AMBIGUOUS = {"dir"}
 
 
 def _keys():
@@ -207,9 +275,34 @@ def _keys():
     hints = {"bundle": "Path | None", "site": "str", "device": "str"}
     for key in TOP_LEVEL:
         yield "", key, hints[key]
-    for section, cls in SECTIONS.items():
+    for section, cls in all_sections().items():
         for item in fields(cls):
-            yield section, item.name, item.type
+            yield section, item.name, annotation_text(item.type)
+
+
+def annotation_text(annotation) -> str:
+    """A field's type as text ("Path | None"), also for modules without postponed annotations."""
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return re.sub(r"\b[A-Za-z_]\w*\.", "", str(annotation))
+
+
+def all_sections() -> dict[str, type]:
+    """Every [section] and its settings dataclass: the daemon's, then each source's."""
+    from .sources.registry import source_types
+
+    return {**SECTIONS, **{name: source.settings for name, source in source_types().items()}}
+
+
+def ambiguous_keys() -> set[str]:
+    """Key names used by more than one section (or a section and the top level): such keys
+    get only the section-qualified variable, so a new section can never take over a name."""
+    seen: dict[str, int] = {}
+    for _, key, _ in _keys():
+        seen[key] = seen.get(key, 0) + 1
+    return {key for key, count in seen.items() if count > 1}
 
 
 def key_name(section: str, key: str) -> str:
@@ -217,12 +310,13 @@ def key_name(section: str, key: str) -> str:
 
 
 def env_names(section: str, key: str) -> list[str]:
+    """The MEDGE_* variables that set `section.key`, the qualified one first."""
     names = []
     if section:
         qualified = f"{ENV_PREFIX}{section}_{key}".upper()
         if not key.startswith(section + "_"):
             names.append(qualified)
-    if key not in AMBIGUOUS:
+    if not section or key.startswith(section + "_") or key not in ambiguous_keys():
         names.append(f"{ENV_PREFIX}{key}".upper())
     return names
 
@@ -255,6 +349,12 @@ def _coerce(name: str, annotation: str, value: Any, from_text: bool):
             return float(value)
         if base == "Path":
             return Path(str(value)).expanduser()
+        if base == "list[Path]":
+            if isinstance(value, str):
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError("expected a list of paths")
+            return [Path(str(part)).expanduser() for part in value]
         if base in ("list[str]", "list[int]"):
             if isinstance(value, str):
                 value = [part.strip() for part in value.split(",") if part.strip()]
@@ -296,14 +396,21 @@ def load_config(config_file: str | Path | None = None, env: dict | None = None,
 
     if config_file is not None:
         data = read_toml(Path(config_file))
+        sections = all_sections()
         for name, value in data.items():
-            if name in SECTIONS:
+            if name in sections:
                 if not isinstance(value, dict):
                     raise ConfigError(f"{name}: expected a [{name}] section")
                 for key, inner in value.items():
-                    if f"{name}.{key}" not in keys:
-                        raise ConfigError(f"{name}.{key}: unknown key in [{name}] of {config_file}")
-                    _set(config, name, key, keys[f"{name}.{key}"][2], inner, from_text=False)
+                    dotted = f"{name}.{key}"
+                    if dotted in MOVED_KEYS:
+                        config.warnings.append(f"{dotted} in {config_file} is deprecated: it is now "
+                                               f"{MOVED_KEYS[dotted]} (read as such)")
+                        dotted = MOVED_KEYS[dotted]
+                    if dotted not in keys:
+                        raise ConfigError(f"{dotted}: unknown key in [{name}] of {config_file}")
+                    section, key, annotation = keys[dotted]
+                    _set(config, section, key, annotation, inner, from_text=False)
             elif name in TOP_LEVEL:
                 _set(config, "", name, keys[name][2], value, from_text=False)
             else:
@@ -320,6 +427,7 @@ def load_config(config_file: str | Path | None = None, env: dict | None = None,
     for name, value in (flags or {}).items():
         if value is None:
             continue
+        name = MOVED_KEYS.get(name, name)
         if name not in keys:
             raise ConfigError(f"{name}: unknown key")
         section, key, annotation = keys[name]
@@ -339,6 +447,8 @@ def _resolve_relative(config: EdgeConfig, base: Path) -> None:
         value = getattr(target, key)
         if isinstance(value, Path) and not value.is_absolute():
             setattr(target, key, base / value)
+        elif isinstance(value, list):
+            setattr(target, key, [item if item.is_absolute() else base / item for item in value])
 
 
 def validate(config: EdgeConfig) -> None:
@@ -346,17 +456,57 @@ def validate(config: EdgeConfig) -> None:
     for name, value in (("site", config.site), ("device", config.device), ("mqtt.topic_prefix", config.mqtt.topic_prefix)):
         if not value or not TOPIC_SAFE.match(value):
             raise ConfigError(f"{name}: {value!r} must be letters, digits, '.', '_' or '-' (it is an MQTT topic level)")
-    mqtt = config.mqtt
-    try:
-        parts = urlsplit(mqtt.broker)
-    except ValueError:  # e.g. an unclosed [IPv6 address
-        raise ConfigError(f"mqtt.broker: {mqtt.broker!r} must look like mqtt://host:1883 or mqtts://host:8883") from None
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"mqtt.broker: {mqtt.broker!r} must look like mqtt://host:1883 or mqtts://host:8883")
-    try:
-        parts.port  # noqa: B018 - the property raises on a bad port
-    except ValueError:
-        raise ConfigError(f"mqtt.broker: {mqtt.broker!r} has an invalid port") from None
+    validate_mqtt(config.mqtt)
+    from .sources.registry import source_types
+
+    for name, source in source_types().items():
+        source.validate(config.source_settings[name])
+    if config.runtime.threads is not None and config.runtime.threads < 1:
+        raise ConfigError(f"runtime.threads: must be >= 1, not {config.runtime.threads}")
+    if config.state.outbox_max < 10:
+        raise ConfigError(f"state.outbox_max: must be >= 10, not {config.state.outbox_max}")
+    config.log.level = config.log.level.upper()
+    if config.log.level not in LOG_LEVELS:
+        raise ConfigError(f"log.level: {config.log.level!r} must be one of {', '.join(LOG_LEVELS)}")
+    if config.log.format not in LOG_FORMATS:
+        raise ConfigError(f"log.format: {config.log.format!r} must be text or json")
+    if config.input.max_pixels < 64:
+        raise ConfigError(f"input.max_pixels: must be >= 64, not {config.input.max_pixels}")
+    if config.input.max_file_mb <= 0:
+        raise ConfigError(f"input.max_file_mb: must be > 0, not {config.input.max_file_mb}")
+    if config.input.stall_s <= 0:
+        raise ConfigError(f"input.stall_s: must be > 0, not {config.input.stall_s}")
+    if config.signature.required and not config.signature.trusted_keys:
+        raise ConfigError("signature.trusted_keys: signature.required is set but no trusted public key is configured")
+    validate_pacs(config.pacs)
+
+
+def validate_pacs(pacs: PacsSettings) -> None:
+    from .pacs.senders import StowSender, parse_ae_address
+    from .sources.dicom_receiver import validate_ae_title
+
+    if pacs.cstore is not None:
+        parse_ae_address(pacs.cstore, "pacs.cstore")
+    if pacs.stow is not None:
+        StowSender(pacs.stow)
+    if pacs.calling_ae is not None:
+        validate_ae_title(pacs.calling_ae, "pacs.calling_ae")
+    unknown = [kind for kind in pacs.outputs if kind not in ("sr", "sc")]
+    if unknown or not pacs.outputs:
+        raise ConfigError(f"pacs.outputs: {pacs.outputs!r} must list sr and/or sc")
+    if not 0 < pacs.retry_min_s <= pacs.retry_max_s:
+        raise ConfigError(f"pacs.retry_min_s: must be > 0 and <= pacs.retry_max_s ({pacs.retry_max_s}), "
+                          f"not {pacs.retry_min_s}")
+    if pacs.timeout_s <= 0:
+        raise ConfigError(f"pacs.timeout_s: must be > 0, not {pacs.timeout_s}")
+
+
+def validate_mqtt(mqtt: MqttSettings) -> None:
+    """The broker settings' checks, shared by the daemon, the dashboard and the monitor."""
+    if not mqtt.topic_prefix or not TOPIC_SAFE.match(mqtt.topic_prefix):
+        raise ConfigError(f"mqtt.topic_prefix: {mqtt.topic_prefix!r} must be letters, digits, '.', '_' or '-' "
+                          "(it is an MQTT topic level)")
+    parse_broker_url(mqtt.broker)
     if mqtt.mqtt_version not in MQTT_VERSIONS:
         raise ConfigError(f"mqtt.mqtt_version: {mqtt.mqtt_version!r} must be one of {', '.join(MQTT_VERSIONS)}")
     if mqtt.password is not None and mqtt.password_file is not None:
@@ -373,33 +523,3 @@ def validate(config: EdgeConfig) -> None:
         raise ConfigError(f"mqtt.broker: TLS options are set but {mqtt.broker!r} is not mqtts://")
     if mqtt.heartbeat_s <= 0:
         raise ConfigError(f"mqtt.heartbeat_s: must be > 0, not {mqtt.heartbeat_s}")
-    watch = config.watch
-    if watch.stable_s < 0:
-        raise ConfigError(f"watch.stable_s: must be >= 0, not {watch.stable_s}")
-    if watch.poll_s <= 0:
-        raise ConfigError(f"watch.poll_s: must be > 0, not {watch.poll_s}")
-    if watch.dir is None and (watch.processed_dir or watch.rejected_dir):
-        raise ConfigError("watch.dir: processed_dir/rejected_dir are set but no watch folder")
-    dicom = config.dicom
-    if dicom.port is not None and not 1 <= dicom.port <= 65535:
-        raise ConfigError(f"dicom.port: {dicom.port} is not a TCP port")
-    if not 1 <= len(dicom.ae_title) <= 16:
-        raise ConfigError(f"dicom.ae_title: {dicom.ae_title!r} must be 1 to 16 characters")
-    if dicom.frames not in FRAME_POLICIES:
-        raise ConfigError(f"dicom.frames: {dicom.frames!r} must be one of {', '.join(FRAME_POLICIES)}")
-    camera = config.camera
-    if camera.fps <= 0:
-        raise ConfigError(f"camera.fps: must be > 0, not {camera.fps}")
-    if camera.roi is not None and (len(camera.roi) != 4 or camera.roi[2] <= 0 or camera.roi[3] <= 0):
-        raise ConfigError(f"camera.roi: {camera.roi} must be [x, y, width, height] with a positive size")
-    if config.runtime.threads is not None and config.runtime.threads < 1:
-        raise ConfigError(f"runtime.threads: must be >= 1, not {config.runtime.threads}")
-    if config.state.outbox_max < 10:
-        raise ConfigError(f"state.outbox_max: must be >= 10, not {config.state.outbox_max}")
-    config.log.level = config.log.level.upper()
-    if config.log.level not in LOG_LEVELS:
-        raise ConfigError(f"log.level: {config.log.level!r} must be one of {', '.join(LOG_LEVELS)}")
-    if config.log.format not in LOG_FORMATS:
-        raise ConfigError(f"log.format: {config.log.format!r} must be text or json")
-    if config.log.max_pixels < 64:
-        raise ConfigError(f"log.max_pixels: must be >= 64, not {config.log.max_pixels}")

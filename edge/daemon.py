@@ -19,10 +19,11 @@ import time
 from . import sd_notify
 from .config import EdgeConfig
 from .errors import ConfigError
-from .outbox import Outbox
+from .health import Assessment, HealthMonitor
+from .outbox import Outbox, open_outbox
 from .payloads import encode, heartbeat_payload, status_payload
 from .pseudonym import Pseudonymizer, load_or_create_key
-from .sources import build_sources
+from .sources import build_sources, no_source_message
 
 log = logging.getLogger("medge.edge.daemon")
 
@@ -55,16 +56,24 @@ class EdgeDaemon:
         self.worker = None
         self.sources = build_sources(config, on_event=self._source_event)
         if not self.sources:
-            raise ConfigError("watch.dir: no input source is configured (set watch.dir, dicom.port or camera.src)")
+            raise ConfigError(no_source_message())
         if classifier is None:
-            bundle = load_bundle(config.bundle)
-            classifier = Classifier(bundle, runtime=config.runtime.runtime, threads=config.runtime.threads)
+            bundle = load_bundle(config.bundle, trusted_keys=config.signature.trusted_keys)
+            from .runtime import native_messages
+
+            # No thread runs yet, so the runtime's own stderr lines (XNNPACK) can be hidden here.
+            with native_messages(shown=config.log.level == "DEBUG"):
+                classifier = Classifier(bundle, runtime=config.runtime.runtime, threads=config.runtime.threads)
         self.classifier = classifier
         self.bundle = classifier.bundle
         self.model = model_info(self.bundle, classifier.artifact)
         self.stop_event = threading.Event()
         self.started = time.monotonic()
         self.outbox: Outbox | None = None
+        self.health: HealthMonitor | None = None
+        self.assessment = Assessment()
+        self.guard = None
+        self.pacs = None  # edge/pacs delivery, when pacs.cstore or pacs.stow is set
         self.publisher = None
 
     def _source_event(self, level: str, kind: str, message: str, source: str | None = None) -> None:
@@ -74,8 +83,12 @@ class EdgeDaemon:
             self.worker.event(level, kind, message, source=source)
 
     def _status(self, state: str, reason: str | None) -> dict:
+        # Every `online` (the publisher sends one on each connect) tells the truth about the stages.
+        if state == "online" and self.assessment.degraded:
+            state, reason = "degraded", self.assessment.reason
         return status_payload(state=state, site=self.config.site, device=self.config.device, model=self.model,
-                              sources=[source.name for source in self.sources], reason=reason)
+                              sources=[source.name for source in self.sources], reason=reason,
+                              signed_by=self.bundle.signed_by)
 
     # ------------------------------------------------------------------ running
     def run(self) -> int:
@@ -85,14 +98,28 @@ class EdgeDaemon:
         config = self.config
         try:
             config.state_dir.mkdir(parents=True, exist_ok=True)
-            self.outbox = Outbox(config.outbox_path, config.state.outbox_max)
-            pseudonymizer = Pseudonymizer(load_or_create_key(config.pseudonym_key_path))
+            self.outbox, rebuilt = open_outbox(config.outbox_path, config.state.outbox_max)
+            key = load_or_create_key(config.pseudonym_key_path)
+            pseudonymizer = Pseudonymizer(key)
+            from .quarantine import CrashGuard
+
+            self.guard = CrashGuard(config.state_dir / "in_progress", key)
+            from .explain import explain
+            from .pacs.delivery import build_delivery
+
+            classifier = self.classifier  # the SC's heatmap: the same model, in the PACS writer thread
+            self.pacs = build_delivery(config, self.bundle, self._source_event,
+                                       explainer=lambda model_input: explain(classifier, model_input=model_input))
         except (OSError, sqlite3.Error) as error:  # one line, not a traceback
             raise ConfigError(f"state.dir: cannot use {config.state_dir} ({error})") from None
         self.publisher = Publisher(config, self.outbox, self._status)
         self.worker = Worker(classifier=self.classifier, bundle=self.bundle, outbox=self.outbox,
                              pseudonymizer=pseudonymizer, config=config, model=self.model,
-                             notify=self.publisher.notify)
+                             notify=self.publisher.notify, dicom_outputs=self.pacs, guard=self.guard,
+                             fallback=self._publish_directly)
+        self.health = HealthMonitor(self.worker, self.publisher, self.outbox, config.input.stall_s)
+        if rebuilt is not None:
+            self.worker.event("error", "outbox_rebuilt", rebuilt.message())
         stored = self.outbox.count()
         if stored:
             log.info("%d messages from before the last stop wait in the outbox; they are delivered first", stored)
@@ -101,6 +128,8 @@ class EdgeDaemon:
                  self.model["format"], self.classifier.runtime_name, config.site, config.device)
         self.publisher.start()
         self.worker.start()
+        if self.pacs is not None:
+            self.pacs.start()
         try:
             # Inside the try: a source that cannot start (port taken) still gets a clean shutdown.
             for source in self.sources:
@@ -131,13 +160,50 @@ class EdgeDaemon:
         tick = min(heartbeat_s, watchdog_s or heartbeat_s, 1.0)
         next_heartbeat = time.monotonic() + min(heartbeat_s, 1.0)
         while not self.stop_event.wait(tick):
-            sd_notify.watchdog()
+            self._check_health()
+            if not self.assessment.degraded:
+                # Silent while a stage is stuck: systemd then restarts a daemon that cannot heal itself.
+                sd_notify.watchdog()
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + heartbeat_s
                 try:
                     self.publisher.publish_now(self.config.topic("heartbeat"), encode(self.heartbeat()))
                 except Exception:  # a missed heartbeat must not stop the daemon
                     log.exception("could not publish a heartbeat")
+
+    def _check_health(self) -> None:
+        try:
+            assessment = self.health.assess()
+        except Exception:  # judging must never stop the loop that feeds the watchdog
+            log.exception("could not assess the pipeline's health")
+            return
+        previous, self.assessment = self.assessment, assessment
+        if assessment.degraded and assessment.stuck.keys() != previous.stuck.keys():
+            self._announce("error", "stage_stuck", f"pipeline degraded: {assessment.reason}; "
+                                                   f"{assessment.waiting} input(s) wait for an outcome")
+            self._publish_status()
+        elif previous.degraded and not assessment.degraded:
+            self._announce("warning", "stage_recovered", f"pipeline working again after: {previous.reason}")
+            self._publish_status()
+
+    def _publish_status(self) -> None:
+        sd_notify.status(f"degraded: {self.assessment.reason}" if self.assessment.degraded else "online")
+        try:
+            self.publisher.publish_now(self.config.topic("status"), encode(self._status("online", None)),
+                                       qos=1, retain=True)
+        except Exception:
+            log.exception("could not publish the status")
+
+    def _announce(self, level: str, kind: str, message: str) -> None:
+        """An event stored in the outbox when it can be; published directly when not (the disk
+        it would be stored on may be what is full)."""
+        self.worker.event(level, kind, message)
+
+    def _publish_directly(self, topic: str, payload: bytes) -> None:
+        try:
+            self.publisher.publish_now(topic, payload, qos=1)
+        except Exception:
+            log.exception("could not publish an event directly")
 
     def heartbeat(self) -> dict:
         stats = self.worker.stats
@@ -150,7 +216,10 @@ class EdgeDaemon:
             "published": self.publisher.published,
             "dropped": self.outbox.dropped,
         }
-        return heartbeat_payload(site=self.config.site, device=self.config.device,
+        if self.pacs is not None:
+            counters.update(self.pacs.counters())
+        counters.update(waiting=self.assessment.waiting, stuck=self.assessment.stuck_inputs)
+        return heartbeat_payload(site=self.config.site, device=self.config.device, health=self.assessment.to_dict(),
                                  uptime_s=time.monotonic() - self.started, counters=counters,
                                  latency_ms=stats.latency_ms(),
                                  sources={source.name: source.health() for source in self.sources},
@@ -164,8 +233,12 @@ class EdgeDaemon:
             except Exception:
                 log.exception("source %s did not stop cleanly", source.name)
         self.worker.stop()
+        if self.pacs is not None:
+            self.pacs.stop()  # what the PACS has not confirmed stays queued for the next start
         if self.publisher.connected and not self.publisher.drain(DRAIN_S):
             log.info("%d messages stay in the outbox for the next start", self.outbox.count())
         self.publisher.stop()
         self.outbox.close()
+        if self.guard is not None:
+            self.guard.close()
         log.info("stopped")

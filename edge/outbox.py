@@ -21,6 +21,7 @@ wait at their source (files stay in the watch folder, scanners are answered late
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -62,6 +63,54 @@ class StoredOutcome:
     ok: bool
     error: str | None
     result_ids: list[str]
+
+
+@dataclass
+class Rebuild:
+    """What `open_outbox` did with an outbox it found corrupt."""
+
+    moved_to: Path
+    recovered: int  # messages copied into the new outbox, ids and order kept
+    recovered_results: int
+    unreadable: int | None  # stored messages that could not be read back (None: not even counted)
+    ledger_recovered: int
+    reason: str
+
+    def message(self) -> str:
+        lost = ("an unknown number of stored messages could not be read" if self.unreadable is None
+                else f"up to {self.unreadable} stored message(s) (results or events) could not be recovered")
+        return (f"outbox was corrupt ({self.reason}): moved aside to {self.moved_to.name} and rebuilt; "
+                f"{self.recovered} message(s) recovered ({self.recovered_results} result(s)), {lost}; "
+                f"{self.ledger_recovered} input ledger entr(ies) kept")
+
+
+MAX_PROBES = 1_000_000  # row lookups spent at most on salvaging a corrupt outbox
+
+
+def open_outbox(path: str | Path, max_messages: int = 10000) -> tuple[Outbox, Rebuild | None]:
+    """The outbox at `path`; a corrupt one (a damaged disk, a file overwritten mid-way) is moved
+    aside, whatever can still be read from it is copied into a new one, and the Rebuild says
+    how much could not be: the daemon starts and reports it instead of refusing to start."""
+    path = Path(path)
+    try:
+        outbox = Outbox(path, max_messages)
+        problem = outbox.integrity_problem()
+        if problem is None:
+            return outbox, None
+        outbox.close(checkpoint=False)
+    except sqlite3.DatabaseError as error:
+        if isinstance(error, sqlite3.OperationalError) and "malformed" not in str(error) \
+                and "not a database" not in str(error):
+            raise  # e.g. the disk is full or the folder unwritable: not corruption, do not move it
+        problem = str(error)
+    moved = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    for suffix in ("", "-wal"):
+        if Path(str(path) + suffix).exists():
+            os.replace(str(path) + suffix, str(moved) + suffix)
+    Path(str(path) + "-shm").unlink(missing_ok=True)
+    outbox = Outbox(path, max_messages)
+    rebuild = outbox._salvage(moved, problem)
+    return outbox, rebuild
 
 
 class Outbox:
@@ -187,9 +236,87 @@ class Outbox:
         with self._lock:
             return self._count_locked(kind)
 
-    def close(self) -> None:
+    def close(self, checkpoint: bool = True) -> None:
         with self._lock:
             try:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if checkpoint:
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 self._db.close()
+
+    # ------------------------------------------------------------------ corruption
+    def integrity_problem(self) -> str | None:
+        """None when SQLite's quick_check finds the file sound, else its first complaint."""
+        with self._lock:
+            rows = self._db.execute("PRAGMA quick_check").fetchall()
+        if rows == [("ok",)]:
+            return None
+        return str(rows[0][0]) if rows else "quick_check returned nothing"
+
+    def _salvage(self, old_path: Path, reason: str) -> Rebuild:
+        """Copy every message and ledger row still readable in the corrupt `old_path`, keeping
+        ids and order (re-deliveries stay recognisable as duplicates)."""
+        recovered = results = ledger = 0
+        unreadable: int | None = None
+        try:
+            old = sqlite3.connect(str(old_path))
+        except sqlite3.Error:
+            return Rebuild(old_path, 0, 0, None, 0, reason)
+        try:
+            bounds = _try(lambda: old.execute("SELECT MIN(seq), MAX(seq) FROM messages").fetchone())
+            if bounds is None:
+                bounds = _try(lambda: (1, old.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'")
+                                       .fetchone()[0]))
+            rows = _probe(old, "messages", "seq", "seq, id, kind, topic, payload, created", bounds)
+            if bounds is not None and bounds[0] is not None and bounds[1] - bounds[0] < MAX_PROBES:
+                # Acknowledged rows leave the oldest end, so the live rows are (nearly) the range
+                # MIN..MAX: what is missing from it is what the damage took. An upper bound.
+                unreadable = max(0, int(bounds[1]) - int(bounds[0]) + 1 - len(rows))
+            ledger_bounds = _try(lambda: old.execute("SELECT MIN(rowid), MAX(rowid) FROM inputs").fetchone())
+            inputs = _probe(old, "inputs", "rowid", "key, ok, error, result_ids, created", ledger_bounds)
+        finally:
+            old.close()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for row in rows:
+                    try:
+                        self._db.execute("INSERT INTO messages (seq, id, kind, topic, payload, created) "
+                                         "VALUES (?, ?, ?, ?, ?, ?)", row)
+                    except sqlite3.IntegrityError:  # a damaged row repeating an id: keep the first
+                        continue
+                    recovered += 1
+                    results += row[2] == "result"
+                for row in inputs:
+                    self._db.execute("INSERT OR REPLACE INTO inputs (key, ok, error, result_ids, created) "
+                                     "VALUES (?, ?, ?, ?, ?)", row)
+                    ledger += 1
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback_locked()
+                raise
+        return Rebuild(old_path, recovered, results, unreadable, ledger, reason)
+
+
+def _probe(db, table: str, key: str, columns: str, bounds) -> list[tuple]:
+    """Every row of `table` readable by a lookup of its integer key within `bounds`: a damaged
+    page loses its own rows, not the scan of the whole table."""
+    if bounds is None or bounds[0] is None:
+        return []
+    rows = []
+    low, high = int(bounds[0]), int(bounds[1])
+    for value in range(low, min(high, low + MAX_PROBES - 1) + 1):
+        try:
+            row = db.execute(f"SELECT {columns} FROM {table} WHERE {key} = ?", (value,)).fetchone()
+        except sqlite3.DatabaseError:
+            continue
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def _try(read):
+    try:
+        return read()
+    except (sqlite3.DatabaseError, TypeError):
+        return None

@@ -15,6 +15,8 @@ training's input bit for bit (same code, same OpenCV).
 """
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +43,9 @@ NORMALIZATIONS = ("unit", "symmetric", "imagenet", "raw")
 # A chest X-ray is at most ~4k x 4k; anything far beyond is refused before decoding so a
 # crafted file cannot exhaust a Raspberry Pi's memory.
 DEFAULT_MAX_PIXELS = 64_000_000
+# The largest file read at all: an uncompressed 16-bit DICOM at the pixel limit is 128 MB, so a
+# bigger file is refused before a byte of it is read into memory.
+DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -103,18 +108,22 @@ class DecodedImage:
 
 
 def decode_image(source: str | Path | bytes, name: str | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode a file (path or bytes) into display pixels. Raises InputError naming the file."""
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> DecodedImage:
+    """Decode a file (path or bytes) into display pixels. Raises InputError naming the file.
+
+    Nothing is decoded before its cost is known: the file's size is checked before it is read
+    (`max_bytes`) and the image's dimensions are read from its header before its pixels are
+    decoded (`max_pixels`); formats whose header is not parsed here are refused.
+    """
     if isinstance(source, (str, Path)):
         path = Path(source)
         name = name or str(path)
-        try:
-            data = path.read_bytes()
-        except OSError as error:
-            raise InputError(f"{name}: cannot read file ({error.strerror or error})") from None
+        data = read_input_file(path, name, max_bytes)
     else:
         data = bytes(source)
         name = name or "<bytes>"
+        if len(data) > max_bytes:
+            raise InputError(f"{name}: file is {len(data)} bytes, over the limit of {max_bytes} (refused before decoding)")
     if not data:
         raise InputError(f"{name}: empty file (0 bytes)")
     if is_dicom(data, name):
@@ -122,15 +131,39 @@ def decode_image(source: str | Path | bytes, name: str | None = None,
     return DecodedImage(frames=[_decode_raster(data, name, max_pixels)], kind="image")
 
 
+def read_input_file(path: Path, name: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`: never blocks on a FIFO, never reads
+    a device or a file larger than the limit (a sparse 3 GB file costs nothing to refuse)."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer that never comes.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as error:
+        raise InputError(f"{name}: cannot read file ({error.strerror or error})") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"{name}: not a regular file (a device, FIFO or socket is never read)")
+        if info.st_size > max_bytes:
+            raise InputError(f"{name}: file is {info.st_size} bytes, over the limit of {max_bytes} "
+                             "(refused before reading)")
+        try:
+            data = handle.read(max_bytes + 1)  # a file still growing cannot slip past the limit
+        except OSError as error:
+            raise InputError(f"{name}: cannot read file ({error.strerror or error})") from None
+    if len(data) > max_bytes:
+        raise InputError(f"{name}: file is over the limit of {max_bytes} bytes (refused)")
+    return data
+
+
 def is_dicom(data: bytes, name: str = "") -> bool:
     return data[128:132] == b"DICM" or name.lower().endswith(DICOM_SUFFIXES)
 
 
 def _decode_raster(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    size = raster_dimensions(data)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise InputError(
-            f"{name}: image is {size[0]}x{size[1]} pixels, over the limit of {max_pixels} (refused before decoding)")
+    header = raster_header(data, name)
+    if header.width * header.height > max_pixels:
+        raise InputError(f"{name}: image is {header.width}x{header.height} pixels, over the limit of {max_pixels} "
+                         "(refused before decoding)")
     buffer = np.frombuffer(data, dtype=np.uint8)
     # ANYDEPTH keeps 16-bit data; ANYCOLOR keeps grayscale as grayscale; EXIF orientation is
     # applied (OpenCV does so unless IMREAD_IGNORE_ORIENTATION is given).
@@ -140,6 +173,8 @@ def _decode_raster(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise InputError(f"{name}: not a readable image ({str(error).strip().splitlines()[-1]})") from None
     if image is None:
         raise InputError(f"{name}: not a readable image (corrupt, truncated or unsupported format)")
+    if image.shape[0] * image.shape[1] > max_pixels:  # a header that lied (e.g. a later TIFF page)
+        raise InputError(f"{name}: image is {image.shape[1]}x{image.shape[0]} pixels, over the limit of {max_pixels}")
     return to_display_pixels(image, name, bgr=True)
 
 
@@ -155,46 +190,151 @@ def to_display_pixels(image: np.ndarray, name: str = "<array>", bgr: bool = Fals
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise InputError(f"{name}: image has no pixels")
     if image.dtype != np.uint8:
-        image = window_to_uint8(image.astype(np.float32))
+        image = window_to_uint8(image, name=name)
     if image.ndim == 3 and bgr:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(image)
 
 
-def window_to_uint8(values: np.ndarray, center: float | None = None, width: float | None = None) -> np.ndarray:
-    """Linear window into 0..255: the given window, else the data's own min..max."""
-    values = values.astype(np.float32)
+def window_to_uint8(values: np.ndarray, center: float | None = None, width: float | None = None,
+                    name: str = "<array>") -> np.ndarray:
+    """Linear window into 0..255: the given window, else the data's own min..max.
+
+    Pixel data holding NaN or infinity is refused: no window makes a picture of it. The
+    arithmetic is float32 as always, but done through a lookup table for 16-bit data and row
+    by row otherwise, so a large image costs its uint8 result, not several float copies.
+    """
+    values = np.asarray(values)
+    if values.size == 0:
+        return np.zeros(values.shape, dtype=np.uint8)
+    # min/max of the float32 values (rounding is monotonic, so float32(min) == min(float32)).
+    data_low, data_high = float(np.float32(np.min(values))), float(np.float32(np.max(values)))
+    if not (np.isfinite(data_low) and np.isfinite(data_high)):
+        raise InputError(f"{name}: pixel data contains NaN or infinite values (refused: no picture to classify)")
     if center is None or width is None or width <= 1:
-        low, high = float(np.min(values)), float(np.max(values))
+        low, high = data_low, data_high
     else:
         low, high = center - width / 2.0, center + width / 2.0
     if high <= low:
         return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (values - low) * (255.0 / (high - low))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    scale = 255.0 / (high - low)
+
+    def convert(block: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint((block.astype(np.float32) - low) * scale), 0, 255).astype(np.uint8)
+
+    if values.dtype in (np.uint8, np.uint16):
+        return convert(np.arange(int(np.iinfo(values.dtype).max) + 1))[values]
+    out = np.empty(values.shape, dtype=np.uint8)
+    rows = max(1, (1 << 22) // max(1, values[0].size))  # ~4M samples per step
+    for start in range(0, len(values), rows):
+        out[start:start + rows] = convert(values[start:start + rows])
+    return out
+
+
+@dataclass(frozen=True)
+class RasterHeader:
+    """What an image file's header says it decodes to, read without decoding a pixel."""
+
+    format: str  # "JPEG" | "PNG" | "BMP" | "TIFF"
+    width: int
+    height: int
+
+
+RASTER_FORMATS = "JPEG, PNG, BMP, TIFF"
+
+
+def raster_header(data: bytes, name: str = "<bytes>") -> RasterHeader:
+    """The format and dimensions from a JPEG, PNG, BMP or TIFF header. Any other content is
+    refused (OpenCV would decode more formats, but only these have their size checked first)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        kind, parse = "PNG", _png_size
+    elif data[:2] == b"\xff\xd8":
+        kind, parse = "JPEG", _jpeg_size
+    elif data[:2] == b"BM":
+        kind, parse = "BMP", _bmp_size
+    elif data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        kind, parse = "TIFF", _tiff_size
+    else:
+        raise InputError(f"{name}: not a readable image (not {RASTER_FORMATS} or DICOM)")
+    try:
+        size = parse(data)
+    except (struct.error, IndexError):
+        size = None
+    if size is None or size[0] <= 0 or size[1] <= 0:
+        raise InputError(f"{name}: not a readable image (corrupt or truncated {kind} header: no valid image size)")
+    return RasterHeader(format=kind, width=int(size[0]), height=int(size[1]))
 
 
 def raster_dimensions(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header without decoding pixels; None if unknown."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        width, height = struct.unpack(">II", data[16:24])
-        return width, height
-    if data[:2] == b"\xff\xd8":
-        index = 2
-        while index + 9 < len(data):
-            if data[index] != 0xFF:
-                index += 1
-                continue
-            marker = data[index + 1]
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-                index += 1 if marker == 0xFF else 2
-                continue
-            length = struct.unpack(">H", data[index + 2:index + 4])[0]
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                height, width = struct.unpack(">HH", data[index + 5:index + 9])
-                return width, height
-            index += 2 + length
+    """(width, height) from the header of a JPEG, PNG, BMP or TIFF; None if unknown."""
+    try:
+        header = raster_header(data)
+    except InputError:
+        return None
+    return header.width, header.height
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    index = 2
+    while index + 9 < len(data):
+        if data[index] != 0xFF:
+            index += 1
+            continue
+        marker = data[index + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            index += 1 if marker == 0xFF else 2
+            continue
+        length = struct.unpack(">H", data[index + 2:index + 4])[0]
+        # SOF0..SOF15 (not DHT, JPG, DAC), and SOF55 of JPEG-LS (which DICOM also encapsulates).
+        if (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7:
+            height, width = struct.unpack(">HH", data[index + 5:index + 9])
+            return width, height
+        index += 2 + length
     return None
+
+
+def _bmp_size(data: bytes) -> tuple[int, int] | None:
+    header_size = struct.unpack("<I", data[14:18])[0]
+    if header_size == 12:  # OS/2 BITMAPCOREHEADER
+        return struct.unpack("<HH", data[18:22])
+    width, height = struct.unpack("<ii", data[18:26])
+    return width, abs(height)  # a negative height only means top-down rows
+
+
+_TIFF_TYPES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # BYTE, SHORT, LONG, LONG8
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """ImageWidth x ImageLength of the first image (the one OpenCV decodes), classic or BigTIFF."""
+    order = "<" if data[:2] == b"II" else ">"
+    big = struct.unpack(order + "H", data[2:4])[0] == 43
+    if big:
+        offset = struct.unpack(order + "Q", data[8:16])[0]
+        count = struct.unpack(order + "Q", data[offset:offset + 8])[0]
+        entry, entry_size, field = offset + 8, 20, 8
+    else:
+        offset = struct.unpack(order + "I", data[4:8])[0]
+        count = struct.unpack(order + "H", data[offset:offset + 2])[0]
+        entry, entry_size, field = offset + 2, 12, 4
+    values: dict[int, int] = {}
+    for _ in range(min(count, 4096)):
+        raw = data[entry:entry + entry_size]
+        entry += entry_size
+        if len(raw) < entry_size:
+            return None
+        tag, kind = struct.unpack(order + "HH", raw[:4])
+        if tag in (256, 257) and kind in _TIFF_TYPES:
+            code, size = _TIFF_TYPES[kind]
+            values[tag] = struct.unpack(order + code, raw[entry_size - field:entry_size - field + size])[0]
+    if 256 not in values or 257 not in values:
+        return None
+    return values[256], values[257]
 
 
 # --------------------------------------------------------------------------- DICOM
@@ -231,6 +371,7 @@ def decode_dicom_dataset(dataset, name: str, max_pixels: int = DEFAULT_MAX_PIXEL
     frame_count = int(dataset.get("NumberOfFrames", 1) or 1)
     if rows * columns * frame_count > max_pixels:
         raise InputError(f"{name}: DICOM is {columns}x{rows}x{frame_count} pixels, over the limit of {max_pixels}")
+    _check_encapsulated_frames(dataset, name, rows, columns, frame_count)
     try:
         array = dataset.pixel_array  # pydicom 3 converts YBR to RGB and applies palettes lazily below
     except Exception as error:
@@ -252,7 +393,7 @@ def decode_dicom_dataset(dataset, name: str, max_pixels: int = DEFAULT_MAX_PIXEL
             has_voi_lut = "VOILUTSequence" in dataset
             if has_window or has_voi_lut:
                 values = apply_voi_lut(values, dataset, prefer_lut=has_voi_lut)
-            display = window_to_uint8(np.asarray(values, dtype=np.float32))
+            display = window_to_uint8(values, name=name)
             if photometric == "MONOCHROME1":
                 display = 255 - display
         else:
@@ -266,6 +407,46 @@ def decode_dicom_dataset(dataset, name: str, max_pixels: int = DEFAULT_MAX_PIXEL
         sop_instance_uid=_text(dataset.get("SOPInstanceUID")),
         info={"photometric": photometric, "frames": len(frames), "rows": rows, "columns": columns},
     )
+
+
+def _check_encapsulated_frames(dataset, name: str, rows: int, columns: int, frame_count: int) -> None:
+    """A compressed frame is decoded at the size its own codestream declares, not the DICOM
+    header's Rows x Columns: one that disagrees (a bomb inside a small-looking DICOM) is refused
+    before any decoder sees it. JPEG, JPEG-LS and JPEG 2000 codestreams are read; RLE has no
+    size of its own (its decoder uses Rows and Columns)."""
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not getattr(syntax, "is_compressed", False) or "PixelData" not in dataset:
+        return
+    from pydicom.encaps import generate_frames
+
+    try:
+        for index, frame in enumerate(generate_frames(dataset.PixelData, number_of_frames=frame_count)):
+            if index >= frame_count:
+                break
+            size = _codestream_size(frame)
+            if size is not None and tuple(size) != (columns, rows):
+                raise InputError(f"{name}: compressed frame {index} is {size[0]}x{size[1]} pixels but the DICOM "
+                                 f"header says {columns}x{rows} (refused before decoding)")
+    except InputError:
+        raise
+    except Exception:  # malformed encapsulation: the decoder reports it in its own words
+        return
+
+
+def _codestream_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG / JPEG-LS or JPEG 2000 codestream (raw or in a JP2 file)."""
+    try:
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+        if data[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n":  # JP2 file: the codestream is in its jp2c box
+            start = data.find(b"jp2c")
+            data = data[start + 4:] if start >= 0 else b""
+        if data[:4] == b"\xff\x4f\xff\x51":  # SOC, then SIZ: Xsiz, Ysiz, XOsiz, YOsiz
+            xsiz, ysiz, xosiz, yosiz = struct.unpack(">IIII", data[8:24])
+            return xsiz - xosiz, ysiz - yosiz
+    except struct.error:
+        return None
+    return None
 
 
 def _decoder_reason(error: Exception) -> str:
@@ -310,14 +491,6 @@ def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         std = np.asarray(IMAGENET_STD[: spec.channels], dtype=np.float32)
         values = (values / 255.0 - mean) / std
     return np.ascontiguousarray(values, dtype=np.float32)
-
-
-def preprocess_batch(images, spec: PreprocessSpec) -> np.ndarray:
-    """Many display images -> float32 (N, height, width, channels)."""
-    out = np.empty((len(images),) + spec.input_shape, dtype=np.float32)
-    for index, image in enumerate(images):
-        out[index] = preprocess(image, spec)
-    return out
 
 
 def load_and_preprocess(source: str | Path | bytes, spec: PreprocessSpec, name: str | None = None,

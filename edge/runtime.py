@@ -13,8 +13,11 @@ this code, so the figures it reports are the device's figures.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import os
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -24,12 +27,45 @@ import numpy as np
 from .bundle import Artifact, TensorInfo
 from .errors import BundleError
 
-TFLITE_RUNTIMES = ("litert", "tflite-runtime")
-ONNX_RUNTIMES = ("onnxruntime",)
-RUNTIMES = TFLITE_RUNTIMES + ONNX_RUNTIMES
+# Runtime family (medge.edge.bundle.RUNTIME_FAMILY) -> the runtimes that run it, in order of
+# preference; the first is the device default and what `medge convert`'s format rows name.
+FAMILY_RUNTIMES = {"tflite": ("litert", "tflite-runtime"), "onnx": ("onnxruntime",)}
+TFLITE_RUNTIMES = FAMILY_RUNTIMES["tflite"]
+ONNX_RUNTIMES = FAMILY_RUNTIMES["onnx"]
+RUNTIMES = tuple(name for names in FAMILY_RUNTIMES.values() for name in names)
 METADATA_KEY = "medge"  # where `medge convert` embeds the manifest essentials in every model file
 _MODULES = {"litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter",
             "onnxruntime": "onnxruntime"}
+
+
+def runtimes_for(family: str) -> tuple[str, ...]:
+    """The runtimes that can execute a model file of this family ("tflite", "onnx")."""
+    return FAMILY_RUNTIMES.get(family, ())
+
+
+@contextlib.contextmanager
+def native_messages(shown: bool = False):
+    """Hide what the runtimes' C++ code prints straight to stderr ("INFO: Created TensorFlow Lite
+    XNNPACK delegate for CPU."), which no Python logging level reaches, unless `shown`.
+
+    It swaps file descriptor 2 for the duration, which affects every thread: use it around
+    model loading in single-threaded commands (`medge predict`), not inside the daemon."""
+    if shown:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr: nothing to hide
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def available_runtimes() -> list[str]:
@@ -220,7 +256,7 @@ def create_predictor(artifact: Artifact | str | Path, runtime: str | None = None
     if threads is not None and threads < 1:
         raise BundleError(f"threads must be at least 1, not {threads}")
     family = artifact.family
-    candidates = TFLITE_RUNTIMES if family == "tflite" else ONNX_RUNTIMES
+    candidates = runtimes_for(family)
     installed = available_runtimes()
     if runtime in (None, "auto"):
         usable = [name for name in candidates if name in installed]

@@ -15,4 +15,5 @@ pytest_plugins = [
     "tests.fixtures.video",
     "tests.fixtures.deploy",
     "tests.fixtures.edge",
+    "tests.fixtures.orthanc",
 ]

@@ -118,3 +118,67 @@ def test_an_online_device_without_heartbeats_turns_stale():
     assert state.summary(now=beat.received + 30)["devices"][0]["stale"] is False
     stale = state.summary(now=beat.received + 91)["devices"][0]
     assert stale["state"] == "online" and stale["stale"] is True and stale["heartbeat_age_s"] > 90
+
+
+def test_the_schemas_hold_the_contract_the_docs_describe():
+    from medge.edge.payloads import last_will_payload
+
+    good = result_payload("icu", "xr-1", 0.8)
+    classified_without_class = {k: v for k, v in good.items() if k != "class"}
+    outside = result_payload("icu", "xr-1", 0, status="not_applicable")
+    cases = {
+        "result": [(classified_without_class, "result payload does not match medge.result/1: payload: 'class' is a "
+                                              "required property"),
+                   ({k: v for k, v in outside.items() if k != "reason"}, "'reason' is a required property"),
+                   ({**outside, "score": 0.3}, "score: not allowed here")],
+        "status": [({**status_payload("icu", "xr-1", "online"), "patient": "x"}, "'patient' was unexpected"),
+                   ({**last_will_payload(status_payload("icu", "xr-1", "offline")), "ts": good["ts"]},
+                    "ts: not allowed here"),
+                   ({k: v for k, v in status_payload("icu", "xr-1", "online").items() if k != "ts"},
+                    "'ts' is a required property")],
+        "heartbeat": [({**heartbeat_payload("icu", "xr-1"), "extra": 1}, "'extra' was unexpected")],
+        "error": [({**error_payload("icu", "xr-1", "x"), "patient_name": "x"}, "'patient_name' was unexpected")],
+    }
+    for kind, bad in cases.items():
+        for payload, reason in bad:
+            event = message(kind, payload)
+            assert event.kind == INVALID and reason in event.problem, (kind, event.problem)
+    # the device's own last will validates, and carries no ts to be mis-ordered by
+    will = last_will_payload(status_payload("icu", "xr-1", "offline", reason="connection lost"))
+    assert message("status", will).kind == "status" and "ts" not in will and will["last_will"] is True
+
+
+def test_non_finite_numbers_are_refused_even_when_parsed_leniently():
+    from medge.edge.schemas import payload_problem
+
+    good = result_payload("icu", "xr-1", 0.8)
+    for text in ("NaN", "Infinity", "-Infinity", "1e999"):
+        raw = json.dumps(good).replace(f'"score": {good["score"]}', f'"score": {text}').encode()
+        event = parse_message("medge/icu/xr-1/result", raw)
+        assert event.kind == INVALID and "not JSON" in event.problem, (text, event.problem)
+    # a payload built in memory (json.loads accepts NaN) is refused by the one shared check
+    assert payload_problem("result", {**good, "score": float("nan")}).endswith("payload/score: not a finite number")
+
+
+def test_a_new_message_kind_is_one_registry_row_plus_its_schema():
+    from medge.edge.comms.topics import KINDS, ROLES, parse_topic, topic
+    from medge.edge.schemas import SCHEMA_DIR
+
+    for name, kind in KINDS.items():
+        assert (SCHEMA_DIR / f"{name}.schema.json").is_file() and kind.role in ROLES
+        assert kind.schema_id == f"medge.{name}/1"
+        assert parse_topic(topic("medge", "s", "d", name)).kind == name
+    assert parse_topic("medge/s/d/commands/reload").command
+    assert parse_topic("medge/s/d/other").kind is None and parse_topic("other/s/d/result").site is None
+
+
+def test_devices_beyond_the_limit_and_long_texts_stay_out_of_the_state():
+    state = DashboardState(max_devices=2)
+    for device in ("xr-1", "xr-2", "xr-3"):
+        state.apply(message("status", status_payload("icu", device, "online",
+                                                     model={**MODEL, "name": "n" * 10_000})))
+    snap = state.snapshot()
+    assert [d["key"] for d in snap["devices"]] == ["icu/xr-1", "icu/xr-2"]
+    assert len(snap["devices"][0]["model"]["name"]) == 301
+    [dropped] = snap["errors"]
+    assert dropped["invalid"] and dropped["device"] == "xr-3" and "at most 2 devices" in dropped["message"]

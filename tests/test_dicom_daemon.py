@@ -66,8 +66,11 @@ def test_scanner_results_reach_mqtt_without_patient_identifiers(edge_daemon, int
     log = daemon.log_text()  # the device's journal is shipped off the device too
     for value in phi.values():
         assert value not in log, f"{value!r} was logged"
+    # A heartbeat sent after the three stores (the first one may predate them).
+    subscriber.wait_for(lambda s: s.payloads("heartbeat")[-1]["sources"]["dicom"]["stored"] == 3, 10,
+                        "a heartbeat counting the three stored instances")
     health = subscriber.payloads("heartbeat")[-1]["sources"]["dicom"]
-    assert health["listening"] and health["stored"] == 3
+    assert health["listening"] and health["bind"] == "0.0.0.0" and health["max_associations"] == 10
 
 
 def test_refused_callers_and_broken_instances_are_reported_and_the_receiver_keeps_going(
@@ -141,12 +144,41 @@ def test_instances_outside_the_declared_scope_are_not_applicable(edge_daemon, ch
     digitised = tmp_path / "chest_dx_jpeg.dcm"
     subprocess.run([dcmtk_tool("img2dcm"), "-k", "Modality=DX", "-k", "BodyPartExamined=CHEST",
                     str(chest_xray_sample_files()[1]), str(digitised)], check=True, capture_output=True)
-    for path in (chest, digitised, bundled_dicom("CT_small.dcm"), bundled_dicom("examples_rgb_color.dcm")):
+    # JPEG-lossy.dcm is an NM instance in 12-bit JPEG Extended, which cannot be decoded here: its
+    # header puts it outside the scope, so the scanner gets Success, not a failure it retries forever.
+    for path in (chest, digitised, bundled_dicom("CT_small.dcm"), bundled_dicom("examples_rgb_color.dcm"),
+                 bundled_dicom("JPEG-lossy.dcm")):
         reply = storescu(port, path)
         assert reply.statuses == ["Success"], reply.output  # not applicable is still a stored result
-    subscriber.wait_for(lambda s: len(s.payloads("result")) >= 4, 60, "four results")
+    subscriber.wait_for(lambda s: len(s.payloads("result")) >= 5, 60, "five results")
     by_modality = {validated("result", p)["dicom"]["modality"]: p for p in subscriber.payloads("result")}
     assert by_modality["CR"]["status"] == "classified" and by_modality["DX"]["status"] == "classified"
-    for modality in ("CT", "US"):
+    assert subscriber.payloads("error") == []
+    for modality in ("CT", "US", "NM"):
         assert by_modality[modality]["status"] == "not_applicable"
         assert modality in by_modality[modality]["reason"] and "class" not in by_modality[modality]
+
+
+def test_a_failure_tells_the_scanner_why_first_and_the_event_names_class_and_caller(edge_daemon, int8_bundle, broker,
+                                                                                   subscriber, tmp_path):
+    from pynetdicom import AE
+
+    daemon, port = start_dicom_daemon(edge_daemon, int8_bundle, broker.url)
+    truncated = pydicom.dcmread(corrupt_copies(tmp_path / "corrupt")["truncated"])
+    scanner = AE(ae_title="CT_ROOM_4")
+    scanner.add_requested_context(truncated.SOPClassUID, truncated.file_meta.TransferSyntaxUID)
+    association = scanner.associate("127.0.0.1", port, ae_title="MEDGE")
+    assert association.is_established, daemon.log_text()[-2000:]
+    try:
+        status = association.send_c_store(truncated)
+    finally:
+        association.release()
+    assert status.Status == 0xC000
+    comment = str(status.ErrorComment)
+    assert not comment.startswith(("input", "DICOM")), comment  # the 64 characters go to the reason
+    subscriber.wait_for(lambda s: s.payloads("error"), 30, "the rejection event")
+    [event] = [validated("error", p) for p in subscriber.payloads("error")]
+    assert event["kind"] == "rejected_input" and event["source"] == "dicom"
+    assert event["message"].startswith("DICOM CT Image Storage from CT_ROOM_4: "), event["message"]
+    assert event["message"].endswith(comment) or comment in event["message"]
+    assert str(truncated.SOPInstanceUID) not in event["message"]

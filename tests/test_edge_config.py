@@ -27,6 +27,9 @@ def test_the_shipped_example_config_loads_and_means_what_it_says(tmp_path):
     assert config.state.outbox_max == 10000
     assert config.topic("result") == f"medge/st-marys/{config.device}/result"
     assert config.source_names() == ["watch"]
+    assert config.warnings == []  # no deprecated key in the shipped file
+    assert config.input.max_pixels == 64_000_000 and config.watch.grace_s == 30.0
+    assert (config.dicom.bind, config.dicom.require_called_ae, config.dicom.max_associations) == ("0.0.0.0", True, 10)
 
 
 def test_precedence_is_file_then_environment_then_flags(tmp_path):
@@ -98,7 +101,6 @@ def test_broken_toml_is_one_clear_line(tmp_path):
 def test_password_comes_from_env_or_file_never_a_flag(tmp_path):
     config = load_config(env={"MEDGE_MQTT_PASSWORD": "s3cret", "MEDGE_USERNAME": "dev"})
     assert config.mqtt.resolved_password() == "s3cret"
-    assert config.redacted()["mqtt.password"] == "***"
     (tmp_path / "pw").write_text("from-file\n")
     config = load_config(env={}, flags={"mqtt.username": "dev", "mqtt.password_file": str(tmp_path / "pw")})
     assert config.mqtt.resolved_password() == "from-file"
@@ -129,3 +131,166 @@ def test_check_fails_with_reasons_for_a_missing_bundle_and_an_unreachable_broker
     assert any(line.startswith("FAIL broker:") and "cannot reach" in line for line in lines), result.output
     assert any(line.startswith("ok   sources: watch") for line in lines), result.output
     assert lines[-1] == "Error: 2 check(s) failed"
+
+
+def test_the_daemon_has_one_environment_scheme(tmp_path):
+    """MEDGE_SITE sets the site; click's MEDGE_EDGE_RUN_SITE / MEDGE_EDGE_CHECK_SITE set nothing."""
+    from medge.broker import free_port
+
+    args = ["edge", "check", "--watch", str(tmp_path / "in"), "--state-dir", str(tmp_path / "state"),
+            "--broker", f"mqtt://127.0.0.1:{free_port()}"]
+    env = {"MEDGE_SITE": "config-scheme", "MEDGE_EDGE_CHECK_SITE": "click-scheme", "MEDGE_EDGE_RUN_SITE": "click-run",
+           "MEDGE_EDGE_CHECK_STABLE_S": "-5", "MEDGE_DICOM_PORT": "", "MEDGE_EDGE_CHECK_DICOM_PORT": "11112"}
+    result = CliRunner().invoke(cli, args, env=env)
+    config_line = next(line for line in result.output.splitlines() if " config:" in line)
+    assert "site config-scheme," in config_line and "sources: watch" in config_line, result.output
+    # The flag still beats the environment.
+    result = CliRunner().invoke(cli, args + ["--site", "flag"], env=env)
+    assert "site flag," in result.output
+
+
+def test_help_defaults_come_from_the_settings_and_name_the_variable():
+    result = CliRunner().invoke(cli, ["edge", "run", "--help"], terminal_width=200)
+    text = " ".join(result.output.split())
+    assert "[default: 1.0; env: MEDGE_WATCH_STABLE_S]" in text
+    assert "[default: 10; env: MEDGE_DICOM_MAX_ASSOCIATIONS]" in text
+    assert "[default: 0.0.0.0; env: MEDGE_DICOM_BIND]" in text
+    assert "[default: 64000000; env: MEDGE_INPUT_MAX_PIXELS]" in text
+
+
+def test_max_pixels_moved_to_input_and_the_old_key_still_works_with_a_warning(tmp_path):
+    (tmp_path / "old.toml").write_text("[log]\nmax_pixels = 1000000\n")
+    config = load_config(tmp_path / "old.toml", env={})
+    assert config.input.max_pixels == 1_000_000
+    assert config.warnings == [f"log.max_pixels in {tmp_path / 'old.toml'} is deprecated: it is now "
+                               "input.max_pixels (read as such)"]
+    (tmp_path / "new.toml").write_text("[input]\nmax_pixels = 2000000\n")
+    config = load_config(tmp_path / "new.toml", env={})
+    assert config.input.max_pixels == 2_000_000 and config.warnings == []
+    assert load_config(env={"MEDGE_MAX_PIXELS": "3000000"}).input.max_pixels == 3_000_000
+    with pytest.raises(ConfigError, match="^input.max_pixels: must be >= 64"):
+        load_config(env={}, flags={"input.max_pixels": 10})
+
+
+def test_every_source_comes_from_the_registry_and_environment_names_never_collide():
+    from medge.edge.config import _keys, env_names
+    from medge.edge.sources.registry import source_types
+
+    types = source_types()
+    assert list(types) == ["watch", "dicom", "camera"]
+    config = load_config(env={})
+    for name, source in types.items():
+        assert isinstance(getattr(config, name), source.settings)  # config.watch, config.dicom, ...
+    owners: dict[str, str] = {}
+    for section, key, _ in _keys():
+        for variable in env_names(section, key):
+            dotted = f"{section}.{key}" if section else key
+            assert owners.setdefault(variable, dotted) == dotted, f"{variable} names two keys"
+
+
+NEW_SOURCE_MODULE = '''
+"""A source that takes every file of one folder once, at start: the whole of a new source."""
+from dataclasses import dataclass
+from pathlib import Path
+
+from medge.edge.checks import CheckResult
+from medge.edge.errors import ConfigError
+from medge.edge.preprocess import decode_image
+from medge.edge.sources.base import Flag, InputItem, Source, SourceType
+
+
+@dataclass
+class ImportSettings:
+    dir: Path | None = None
+    limit: int = 100
+
+
+class FolderImport(Source):
+    name = "import"
+
+    def __init__(self, settings):
+        self.settings = settings
+
+    def start(self, submit):
+        for path in sorted(self.settings.dir.iterdir())[: self.settings.limit]:
+            submit(InputItem(source="import", ref=path.name, load=lambda path=path: decode_image(path)))
+
+    def stop(self):
+        pass
+
+
+def validate(settings):
+    if settings.limit < 1:
+        raise ConfigError(f"import.limit: must be >= 1, not {settings.limit}")
+
+
+SOURCE = SourceType(
+    name="import", settings=ImportSettings, switch="dir", validate=validate, order=40,
+    build=lambda settings, config, on_event: FolderImport(settings),
+    check=lambda settings, config: CheckResult.of([] if settings.dir.is_dir() else [f"import.dir: {settings.dir} is not a folder"],
+                                                  f"import {settings.dir}"),
+    flags=(Flag("dir", ("--import-dir",), "Folder imported once at start."), Flag("limit", ("--import-limit",), "Most files.")),
+)
+'''
+
+
+@pytest.fixture
+def new_source_module(tmp_path, monkeypatch):
+    """One new module, `import_once.py`, in the sources package's search path: nothing else changes."""
+    import importlib
+
+    import medge.edge.daemon_cli
+    import medge.edge.sources as sources_package
+    from medge.edge.sources.registry import source_types
+
+    extra = tmp_path / "more_sources"
+    extra.mkdir()
+    (extra / "import_once.py").write_text(NEW_SOURCE_MODULE)
+    monkeypatch.setattr(sources_package, "__path__", [*sources_package.__path__, str(extra)])
+    source_types.cache_clear()
+    importlib.reload(medge.edge.daemon_cli)  # its options are built from the registry at import
+    yield
+    monkeypatch.undo()
+    source_types.cache_clear()
+    importlib.reload(medge.edge.daemon_cli)
+
+
+def test_a_new_source_is_one_new_module(new_source_module, tmp_path):
+    from medge.edge.sources import build_sources
+
+    folder = tmp_path / "to-import"
+    folder.mkdir()
+    (tmp_path / "edge.toml").write_text(f'[import]\ndir = "{folder}"\nlimit = 5\n')
+    config = load_config(tmp_path / "edge.toml", env={"MEDGE_IMPORT_LIMIT": "7"})  # TOML, environment
+    assert config.source_names() == ["import"] and config.source_settings["import"].limit == 7
+    with pytest.raises(ConfigError, match="^import.limit: must be >= 1"):
+        load_config(env={}, flags={"import.dir": str(folder), "import.limit": 0})
+    [source] = build_sources(config)
+    assert source.name == "import"
+    # Its flags and its check, in `medge edge check`, with the others' help and errors untouched.
+    result = CliRunner().invoke(cli, ["edge", "check", "--import-dir", str(tmp_path / "missing"),
+                                      "--state-dir", str(tmp_path / "state"), "--broker", "mqtt://127.0.0.1:1"])
+    assert f"FAIL sources: import.dir: {tmp_path / 'missing'} is not a folder" in result.output, result.output
+    help_text = CliRunner().invoke(cli, ["edge", "run", "--help"], terminal_width=200).output
+    assert "--import-limit INTEGER" in help_text and "[default: 100; env: MEDGE_IMPORT_LIMIT]" in help_text
+    result = CliRunner().invoke(cli, ["edge", "run", "--state-dir", str(tmp_path / "s"), str(tmp_path)])
+    assert "set watch.dir, dicom.port, camera.src, import.dir" in result.output
+
+
+def test_check_reports_each_failing_source_probe(tmp_path):
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        result = CliRunner().invoke(cli, ["edge", "check", "--watch", str(tmp_path / "in"), "--dicom-port", str(port),
+                                          "--dicom-bind", "127.0.0.1", "--camera", str(tmp_path / "no-camera.avi"),
+                                          "--state-dir", str(tmp_path / "state"), "--broker", "mqtt://127.0.0.1:1"])
+    finally:
+        busy.close()
+    [line] = [line for line in result.output.splitlines() if line[5:].startswith("sources:")]
+    assert line.startswith("FAIL sources: "), result.output
+    assert f"dicom.port {port} is not free on 127.0.0.1" in line
+    assert "no-camera.avi" in line  # the camera source refuses a video file that does not exist

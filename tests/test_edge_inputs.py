@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -21,9 +22,9 @@ from medge.edge.outbox import Outbox
 from medge.edge.preprocess import decode_image
 from medge.edge.pseudonym import Pseudonymizer, load_or_create_key
 from medge.edge.schemas import load_schema
-from medge.edge.sources.watch import WatchFolder
+from medge.edge.sources.watch import SOURCE as WATCH
 from medge.edge.worker import Worker
-from tests.fixtures.edge import PHI, small_xray, write_atomically, xray_dicom, xray_files
+from tests.fixtures.edge import PHI, small_xray, write_atomically, write_tiff, xray_dicom, xray_files
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +36,12 @@ class Pipeline:
     """WatchFolder -> Worker -> Outbox with the real classifier: the daemon minus MQTT."""
 
     def __init__(self, root: Path, classifier, frames: str = "first", max_pixels: int | None = None,
-                 stable_s: float = 0.3, outbox_max: int | None = None):
+                 stable_s: float = 0.3, outbox_max: int | None = None, max_file_mb: float | None = None,
+                 grace_s: float | None = None):
         flags = {"watch.dir": str(root / "in"), "state.dir": str(root / "state"), "site": "s", "device": "d",
-                 "dicom.frames": frames, "log.max_pixels": max_pixels, "state.outbox_max": outbox_max}
+                 "dicom.frames": frames, "input.max_pixels": max_pixels, "state.outbox_max": outbox_max,
+                 "input.max_file_mb": max_file_mb, "watch.stable_s": stable_s, "watch.poll_s": 0.05,
+                 "watch.grace_s": grace_s}
         self.config = load_config(env={}, flags=flags)
         self.inbox = self.config.watch.dir
         self.inbox.mkdir(parents=True, exist_ok=True)
@@ -48,7 +52,9 @@ class Pipeline:
                  "format": classifier.artifact.format}
         self.worker = Worker(classifier=classifier, bundle=bundle, outbox=self.outbox,
                              pseudonymizer=self.pseudonymizer, config=self.config, model=model)
-        self.watch = WatchFolder(self.inbox, stable_s=stable_s, poll_s=0.05, max_pixels=self.config.log.max_pixels)
+        # Built as the daemon builds it (the registry's SourceType); its events go to the outbox.
+        self.watch = WATCH.build(self.config.watch, self.config,
+                                 lambda level, kind, message: self.worker.event(level, kind, message, source="watch"))
 
     def __enter__(self):
         self.worker.start()
@@ -106,6 +112,15 @@ def test_each_bad_input_is_rejected_with_a_reason_and_the_next_good_image_is_cla
     corrupted[200:400] = bytes(200)  # a damaged block in the middle of the compressed pixels
     corrupted = bytes(corrupted)
     huge = cv2.resize(small_xray(1, 256), (2400, 2400), interpolation=cv2.INTER_LINEAR)
+    # Decompression bombs a review sent: 30000x30000 (0.9 GB decoded) and 16-bit RGB 35000x35000
+    # (7.4 GB) in a few hundred kB of valid TIFF; NaN float pixels; a format whose header is not
+    # checked (WebP); a file over the size cap.
+    bomb8 = write_tiff(tmp_path / "bomb8.tif", 30000, 30000).read_bytes()
+    bomb16 = write_tiff(tmp_path / "bomb16.tif", 35000, 35000, bits=16, samples=3).read_bytes()
+    nan_tiff = write_tiff(tmp_path / "nan.tif", 64, 64, bits=32, sample_format=3,
+                          row=np.full(64, np.nan, np.float32).tobytes()).read_bytes()
+    ok, webp = cv2.imencode(".webp", small_xray(0, 64))
+    hidden_bomb = jpeg_dicom_declaring(tmp_path / "hidden_bomb.dcm", small_xray(0, 64), 30000, 30000)
     bad = {
         "zero.jpg": (b"", "empty file"),
         "truncated.jpeg": (jpeg[: len(jpeg) // 2], "not a readable image"),
@@ -114,18 +129,36 @@ def test_each_bad_input_is_rejected_with_a_reason_and_the_next_good_image_is_cla
         "bomb.png": (png_bytes(huge), "over the limit of 4000000"),
         "no_pixels.dcm": (no_pixels.read_bytes(), "DICOM has no pixel data"),
         "odd_colour.dcm": (odd_colour.read_bytes(), "unsupported photometric interpretation 'HSV'"),
+        "bomb8.tif": (bomb8, "image is 30000x30000 pixels, over the limit of 4000000 (refused before decoding)"),
+        "bomb16.tiff": (bomb16, "image is 35000x35000 pixels, over the limit of 4000000"),
+        "nan.tif": (nan_tiff, "pixel data contains NaN or infinite values"),
+        "image.webp": (webp.tobytes(), "not a readable image (not JPEG, PNG, BMP, TIFF or DICOM)"),
+        "hidden_bomb.dcm": (hidden_bomb.read_bytes(), "compressed frame 0 is 30000x30000 pixels but the DICOM header "
+                                                      "says 64x64 (refused before decoding)"),
     }
-    with Pipeline(tmp_path, classifier, max_pixels=4_000_000) as pipeline:
+    oversized = "Smith_John_sparse.dcm"  # 3 GB would do the same; a sparse 40 MB file is enough here
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with Pipeline(tmp_path, classifier, max_pixels=4_000_000, max_file_mb=32) as pipeline:
         for name, (data, _) in bad.items():  # exporters often name files after the patient
             write_atomically(pipeline.inbox / f"Smith_John_{name}", data)
+        with open(pipeline.inbox / f".{oversized}.part", "wb") as handle:
+            handle.truncate(40 * 1024 * 1024)
+        (pipeline.inbox / f".{oversized}.part").rename(pipeline.inbox / oversized)
+        bad[oversized[len("Smith_John_"):]] = (None, "file is 41943040 bytes, over the limit of 33554432")
         pipeline.wait_released(len(bad))
         write_atomically(pipeline.inbox / "good.jpeg", jpeg)
         pipeline.wait_released(len(bad) + 1)
 
+    # Nothing was decoded to find out: the process's peak memory did not grow by a bomb's size.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 300 * 1024  # kB
     rejected = pipeline.config.rejected_dir
     for name, (data, reason) in bad.items():
-        assert (rejected / f"Smith_John_{name}").read_bytes() == data  # kept aside untouched
-        assert reason in (rejected / f"Smith_John_{name}.why.txt").read_text(), name
+        if data is not None:
+            assert (rejected / f"Smith_John_{name}").read_bytes() == data  # kept aside untouched
+        why = (rejected / f"Smith_John_{name}.why.txt").read_text()
+        assert reason in why, name
+        # The reason kept next to the file names that file (not "input.jpg"); events never do.
+        assert why.startswith(f"Smith_John_{name}: "), why
     assert (pipeline.config.processed_dir / "good.jpeg").is_file()
     assert sorted(p.name for p in pipeline.inbox.iterdir()) == ["processed", "rejected"]
     errors = [validate(p) for p in pipeline.payloads("error")]
@@ -134,11 +167,35 @@ def test_each_bad_input_is_rejected_with_a_reason_and_the_next_good_image_is_cla
     for _, reason in bad.values():
         assert reason in messages
     assert "Smith" not in messages and "John" not in messages  # events never carry the file name
+    assert all(e["message"].startswith("input: ") for e in errors), messages
     results = [validate(p) for p in pipeline.payloads("result")]
     assert len(results) == 1 and results[0]["status"] == "classified"
     expected = classifier.classify(decode_image(xray_files()[0]).pixels)
     assert results[0]["score"] == pytest.approx(expected.score, abs=1e-6)  # what `medge predict` says
     assert results[0]["class"] == expected.label
+
+
+def jpeg_dicom_declaring(path: Path, gray: np.ndarray, width: int, height: int) -> Path:
+    """A JPEG Baseline DICOM whose header says the image's real size but whose encapsulated
+    JPEG's own frame header declares width x height: the size the decoder would allocate."""
+    import struct
+
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    xray_dicom(path, size=gray.shape[0])
+    dataset = pydicom.dcmread(path)
+    ok, encoded = cv2.imencode(".jpg", gray)
+    jpeg = bytearray(encoded.tobytes())
+    sof = jpeg.find(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    dataset.PixelData = encapsulate([bytes(jpeg)])
+    dataset["PixelData"].VR = "OB"
+    dataset["PixelData"].is_undefined_length = True
+    dataset.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    dataset.save_as(path, enforce_file_format=True)
+    return path
 
 
 def test_a_file_still_being_written_is_taken_only_when_complete(tmp_path, classifier):
@@ -349,3 +406,217 @@ def test_a_file_that_cannot_be_moved_keeps_its_ledger_entry_so_a_restart_does_no
     assert (restarted.config.processed_dir / "a.png").is_file()
     assert [r["id"] for r in restarted.payloads("result")] == [r["id"] for r in first]  # no second id
     assert restarted.outbox.stored_outcome("watch:a.png") is None
+
+
+def test_degenerate_images_are_classified_with_a_warning(tmp_path, classifier):
+    inputs = {
+        "one_pixel.png": png_bytes(np.full((1, 1), 117, np.uint8)),
+        "flat.png": png_bytes(np.full((64, 64), 200, np.uint8)),
+        "normal.png": png_bytes(small_xray(0, 64)),
+    }
+    with Pipeline(tmp_path, classifier) as pipeline:
+        for name, data in inputs.items():
+            write_atomically(pipeline.inbox / name, data)
+        pipeline.wait_released(len(inputs))
+    assert pipeline.payloads("error") == []
+    results = [validate(p) for p in pipeline.payloads("result")]
+    assert [r["status"] for r in results] == ["classified"] * 3
+    warned = sorted(" | ".join(r["warnings"]) for r in results if "warnings" in r)
+    assert len(warned) == 2, warned
+    assert "image is flat (every pixel has the value 200)" in warned[0]
+    assert "image is only 1x1 pixels" in warned[1] and "flat" in warned[1]
+
+
+def test_the_max_frame_policy_follows_the_decision_rule_when_the_positive_class_comes_first(tmp_path, int8_bundle):
+    """`max` reports the frame the decision rule calls most positive: P(positive class), wherever
+    that class sits in the class list (it used to assume classes[0] is the negative one)."""
+    from medge.edge.classify import analyse
+
+    flipped = tmp_path / "positive_first"
+    shutil.copytree(int8_bundle, flipped)
+    manifest = json.loads((flipped / "medge.json").read_text())
+    assert manifest["classes"][0] == "normal"
+    manifest["positive_class"] = "normal"  # the first class is now the finding
+    for key in ("files", "file_sizes"):
+        manifest.pop(key, None)
+    write_manifest(flipped, manifest)
+    classifier = Classifier(load_bundle(flipped))
+    series = xray_dicom(tmp_path / "series.dcm", frames=3)
+    frames = decode_image(series).frames
+    scores = [classifier.classify(frame).probabilities["normal"] for frame in frames]
+    assert len(set(scores)) == 3, scores  # the frames differ, so the choice is visible
+    analysis = analyse(classifier, lambda: decode_image(series), frames="max")
+    [chosen] = analysis.frames
+    assert chosen.index == int(np.argmax(scores))
+    assert chosen.classification.score == pytest.approx(max(scores), abs=1e-6)
+    assert analysis.policy == "max" and analysis.frame_count == 3
+
+
+def nan_onnx_bundle(onnx_bundle: Path, target: Path) -> Path:
+    """A copy of the real ONNX bundle whose output layer was damaged to NaN (a corrupted weight
+    file), re-hashed so it loads: the runtime really answers NaN."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    shutil.copytree(onnx_bundle, target)
+    manifest = json.loads((target / "medge.json").read_text())
+    model_path = target / manifest["artifacts"][0]["file"]
+    model = onnx.load(model_path)
+    floats = {i.name: i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    for node in reversed(model.graph.node):  # the last node that reads a float constant
+        names = [name for name in node.input if name in floats]
+        if names:
+            for name in names:
+                values = numpy_helper.to_array(floats[name])
+                floats[name].CopyFrom(numpy_helper.from_array(np.full_like(values, np.nan), name))
+            break
+    onnx.save(model, model_path)
+    manifest["artifacts"][0]["sha256"] = __import__("hashlib").sha256(model_path.read_bytes()).hexdigest()
+    for key in ("files", "file_sizes"):
+        manifest.pop(key, None)
+    write_manifest(target, manifest)
+    return target
+
+
+def test_a_model_answering_nan_gives_an_error_event_never_a_result(tmp_path, onnx_bundle):
+    broken = Classifier(load_bundle(nan_onnx_bundle(onnx_bundle, tmp_path / "nan_bundle")))
+    with Pipeline(tmp_path, broken) as pipeline:
+        write_atomically(pipeline.inbox / "Doe_chest.png", png_bytes(small_xray(0, 64)))
+        pipeline.wait_released(1)
+    assert pipeline.payloads("result") == []
+    [event] = [validate(p) for p in pipeline.payloads("error")]
+    assert event["kind"] == "rejected_input" and "non-finite score (nan)" in event["message"]
+    assert b"NaN" not in pipeline.raw() and b"nan," not in pipeline.raw()
+    rejected = pipeline.config.rejected_dir
+    assert (rejected / "Doe_chest.png").is_file()
+    assert "non-finite score" in (rejected / "Doe_chest.png.why.txt").read_text()
+
+
+# ------------------------------------------------------------------------------ slow writers and odd entries
+
+# A real writer in another process: `rate` bytes per second of `data`, holding the file open
+# throughout ("hold") or opening, appending and closing it for every chunk ("reopen").
+SLOW_WRITER = """
+import sys, time
+target, source, mode, rate, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+data = open(source, "rb").read()[:limit]
+chunks = [data[i:i + rate] for i in range(0, len(data), rate)]
+if mode == "hold":
+    with open(target, "wb") as handle:
+        for chunk in chunks:
+            handle.write(chunk)
+            handle.flush()
+            time.sleep(1.0)
+else:
+    for chunk in chunks:
+        with open(target, "ab") as handle:
+            handle.write(chunk)
+        time.sleep(1.0)
+"""
+
+
+def slow_write(target: Path, data: bytes, mode: str, rate: int = 1024, limit: int | None = None):
+    import subprocess
+    import sys
+
+    source = target.parent.parent / f"{target.name}.source"
+    source.write_bytes(data)
+    return subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target), str(source), mode, str(rate),
+                             str(limit or len(data))])
+
+
+def small_jpeg(index: int = 0, size: int = 96) -> bytes:
+    ok, data = cv2.imencode(".jpg", small_xray(index, size), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    return data.tobytes()
+
+
+@pytest.mark.parametrize("mode", ["hold", "reopen"])
+def test_a_jpeg_written_at_one_kilobyte_a_second_is_classified_not_rejected(tmp_path, classifier, mode):
+    """"hold": inotify sees the file open for writing, so it is not taken; "reopen": every chunk
+    is closed, the file is taken early, does not decode and is offered again until complete."""
+    data = small_jpeg()
+    assert len(data) > 3 * 1024  # at least four seconds of writing
+    with Pipeline(tmp_path, classifier, stable_s=0.3, grace_s=10.0) as pipeline:
+        writer = slow_write(pipeline.inbox / "slow.jpeg", data, mode)
+        assert writer.wait(timeout=60) == 0
+        pipeline.wait_released(1, timeout=30)
+        health = pipeline.watch.health()
+    assert health["notifications"] == "inotify"
+    assert pipeline.payloads("error") == []
+    assert (pipeline.config.processed_dir / "slow.jpeg").read_bytes() == data
+    [result] = pipeline.payloads("result")
+    assert validate(result)["status"] == "classified"
+    if mode == "reopen":
+        assert health["retried"] >= 1, health  # taken too early at least once, and not rejected
+
+
+def test_a_file_that_stays_truncated_is_rejected_once_the_grace_period_is_over(tmp_path, classifier):
+    data = small_jpeg()
+    with Pipeline(tmp_path, classifier, stable_s=0.3, grace_s=3.0) as pipeline:
+        writer = slow_write(pipeline.inbox / "cut.jpeg", data, "reopen", limit=2 * 1024)  # the writer dies
+        assert writer.wait(timeout=60) == 0
+        stopped = time.monotonic()
+        pipeline.wait_released(1, timeout=30)
+        waited = time.monotonic() - stopped
+        health = pipeline.watch.health()
+    assert health["rejected"] == 1 and health["retried"] >= 1
+    assert waited >= 3.0 - 1.0  # rejected only once unchanged for about grace_s (the last write was ~1 s earlier)
+    assert "not a readable image" in (pipeline.config.rejected_dir / "cut.jpeg.why.txt").read_text()
+    [event] = pipeline.payloads("error")
+    assert validate(event)["kind"] == "rejected_input"
+
+
+def test_a_bad_file_with_a_250_character_name_is_moved_aside_with_a_shortened_sidecar(tmp_path, classifier):
+    import os
+
+    long_name = "Smith_John_" + "x" * 235 + ".png"
+    assert len(long_name) == 250
+
+    def move_in(name: str, data: bytes) -> None:  # written elsewhere, renamed in: the name is at the limit
+        staged = tmp_path / "staged"
+        staged.write_bytes(data)
+        os.replace(staged, pipeline.inbox / name)
+
+    with Pipeline(tmp_path, classifier) as pipeline:
+        move_in(long_name, b"not an image at all")
+        move_in("Smith_John_" + "y" * 233 + ".jpeg", small_jpeg())
+        pipeline.wait_released(2)
+        # The same long name again: the numbered copy must fit too.
+        move_in(long_name, b"still not an image")
+        pipeline.wait_released(3)
+    rejected = sorted(p.name for p in pipeline.config.rejected_dir.iterdir())
+    assert long_name in rejected and len(rejected) == 4, rejected
+    sidecars = [name for name in rejected if name.endswith(".why.txt")]
+    assert len(sidecars) == 2 and all(len(name.encode()) <= 255 and name.startswith("Smith_John_xxx")
+                                      for name in sidecars), sidecars
+    for sidecar in sidecars:
+        assert "not a readable image" in (pipeline.config.rejected_dir / sidecar).read_text()
+    assert list(pipeline.inbox.glob("Smith*")) == []
+    assert len(pipeline.payloads("result")) == 1 and len(pipeline.payloads("error")) == 2
+
+
+def test_fifos_devices_and_dangling_links_are_rejected_without_being_read(tmp_path, classifier):
+    import os
+
+    with Pipeline(tmp_path, classifier) as pipeline:
+        os.mkfifo(pipeline.inbox / "scan.png")  # reading it would block the worker forever
+        os.symlink("/dev/zero", pipeline.inbox / "zero.png")  # reading it would never end
+        os.symlink(tmp_path / "nowhere.png", pipeline.inbox / "dangling.png")
+        os.symlink(tmp_path, pipeline.inbox / "folder_link")  # a link to a folder: reported, left alone
+        write_atomically(pipeline.inbox / "good.jpeg", small_jpeg())
+        pipeline.wait_released(4)
+        time.sleep(0.5)
+    rejected = pipeline.config.rejected_dir
+    assert (rejected / "scan.png").is_fifo()
+    assert (rejected / "zero.png").is_symlink() and os.readlink(rejected / "zero.png") == "/dev/zero"
+    assert (rejected / "dangling.png").is_symlink()
+    assert "not a regular file (FIFO); it was not read" in (rejected / "scan.png.why.txt").read_text()
+    assert "symbolic link to a character device" in (rejected / "zero.png.why.txt").read_text()
+    assert "symbolic link to nothing" in (rejected / "dangling.png.why.txt").read_text()
+    assert (pipeline.inbox / "folder_link").is_symlink()
+    events = [validate(p) for p in pipeline.payloads("error")]
+    assert sorted(e["kind"] for e in events) == ["rejected_input"] * 3 + ["skipped_input"]
+    assert all("scan" not in e["message"] and "zero" not in e["message"] for e in events)
+    assert pipeline.watch.health()["not_regular"] == 3
+    assert [r["status"] for r in pipeline.payloads("result")] == ["classified"]

@@ -139,3 +139,38 @@ def test_qos0_publish_acks_never_settle_a_later_outbox_row(tmp_path):
     publisher._on_publish(None, None, 7, success)  # the real PUBACK
     assert publisher._acked == [42]
     outbox.close()
+
+
+def test_a_corrupt_outbox_is_rebuilt_keeping_every_readable_message_in_order(tmp_path):
+    import os
+    import random
+
+    from medge.edge.outbox import open_outbox
+
+    path = tmp_path / "outbox.sqlite3"
+    outbox = Outbox(path)
+    ids = [f"{index:032x}" for index in range(200)]
+    for index, message_id in enumerate(ids):
+        kind = "error" if index % 10 == 0 else "result"
+        outbox.add([(message_id, kind, "medge/s/d/" + kind, os.urandom(700))], input_key=f"watch:{index}",
+                   outcome=StoredOutcome(ok=True, error=None, result_ids=[message_id]))
+    outbox.close()
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2 // 4096 * 4096
+    data[middle:middle + 8192] = random.Random(0).randbytes(8192)  # the same damage on every run
+    path.write_bytes(bytes(data))
+
+    rebuilt_outbox, rebuild = open_outbox(path)
+    assert rebuild is not None and rebuild.reason
+    kept = [m.id for m in rebuilt_outbox.after(0, limit=1000)]
+    assert 0 < len(kept) < 200 and kept == [i for i in ids if i in set(kept)]  # same ids, same order
+    assert rebuild.recovered == len(kept) and rebuild.unreadable == 200 - len(kept)
+    assert rebuild.recovered_results == sum(1 for m in rebuilt_outbox.after(0, limit=1000) if m.kind == "result")
+    assert rebuilt_outbox.integrity_problem() is None
+    assert rebuild.moved_to.exists() and rebuild.moved_to.read_bytes()[:100] == bytes(data[:100])
+    assert "up to" in rebuild.message() and str(rebuild.unreadable) in rebuild.message()
+    rebuilt_outbox.close()
+
+    again, nothing = open_outbox(path)  # a sound outbox is opened as it is
+    assert nothing is None and [m.id for m in again.after(0, limit=1000)] == kept
+    again.close()

@@ -65,3 +65,49 @@ def test_the_terminal_view_shows_devices_results_and_alerts(broker, publisher):
     for expected in ("er/xr-2", "online", "pneumonia-cnn 1.0.0", "pneumonia", "0.950", "normal", "0.050",
                      "Positive finding", "unknown schema version None on error topic", "results 2", "positives 1"):
         assert expected in out, expected
+
+
+def test_a_dead_broker_is_named_with_its_reason_and_timeout_exits_non_zero():
+    from medge.broker import free_port
+
+    dead = f"mqtt://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "medge", "monitor", "--broker", dead, "--timeout", "2"],
+                          capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - started
+    assert done.returncode == 1, done
+    assert f"cannot reach broker {dead}: Connection refused; retrying" in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (f"Error: monitor: broker {dead} not connected within 2 s "
+                                                    f"(cannot reach broker {dead}: Connection refused; retrying)")
+    assert took < 20
+    once = subprocess.run([sys.executable, "-m", "medge", "monitor", "--broker", dead, "--once"],
+                          capture_output=True, text=True, timeout=60)
+    assert once.returncode == 1 and "not connected within 10 s" in once.stderr
+
+
+def test_once_prints_what_the_broker_holds_and_exits(broker):
+    device = DeviceProcess(broker.port, "er", "xr-2")  # its retained status
+    try:
+        done = subprocess.run([sys.executable, "-m", "medge", "monitor", "--broker", broker.url, "--once"],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    finally:
+        device.kill()
+    assert done.returncode == 0, done.stderr
+    assert "er/xr-2" in done.stdout and "online" in done.stdout and "connected" in done.stdout
+
+
+def test_the_broker_url_follows_the_daemons_rules(broker):
+    alias = f"tcp://127.0.0.1:{broker.port}"  # accepted as an alias of mqtt://, as before
+    done = subprocess.run([sys.executable, "-m", "medge", "monitor", "--broker", alias, "--once", "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and f"connected to mqtt://127.0.0.1:{broker.port}" in done.stderr
+    secret = subprocess.run([sys.executable, "-m", "medge", "monitor", "--broker", "mqtt://dash:s3cret@127.0.0.1"],
+                            capture_output=True, text=True, timeout=60)
+    assert secret.returncode == 1 and "s3cret" not in secret.stderr
+    assert secret.stderr.strip() == ("Error: --broker: no credentials in the URL; set mqtt.username and the "
+                                     "password in MEDGE_MQTT_PASSWORD or mqtt.password_file")
+    plain_with_ca = subprocess.run([sys.executable, "-m", "medge", "monitor", "--broker", "mqtt://127.0.0.1",
+                                    "--ca-file", __file__], capture_output=True, text=True, timeout=60)
+    assert plain_with_ca.returncode == 1
+    assert plain_with_ca.stderr.strip() == ("Error: --broker: TLS options are set but 'mqtt://127.0.0.1' is not "
+                                            "mqtts://")

@@ -68,15 +68,46 @@ def test_predict_prints_one_json_line_per_image_for_every_supported_format(int8_
 
 
 def test_predict_equals_the_classifier_the_daemon_calls(int8_bundle, onnx_bundle, images):
+    from medge.edge.classify import analyse
+    from medge.edge.payloads import result_payload
+
     for bundle_path in (int8_bundle, onnx_bundle):
         classifier = Classifier(load_bundle(bundle_path))
         result, lines = predict(bundle_path, images["jpeg"], images["dicom"])
         assert result.exit_code == 0, result.output
         for path, line in zip((images["jpeg"], images["dicom"]), lines):
-            expected = classifier.classify(decode_image(path).pixels)
-            assert (line["class"], line["score"], line["positive"]) == (expected.label, expected.score, expected.positive)
-            assert line["probabilities"] == expected.probabilities
+            # What the daemon publishes for this file: the same function, the same rounding.
+            analysis = analyse(classifier, lambda path=path: decode_image(path))
+            published = result_payload(site="s", device="d", source="watch", input_ref="0" * 16, model={},
+                                       classification=analysis.frames[0].classification, timing_ms={})
+            assert (line["class"], line["score"], line["positive"]) == (published["class"], published["score"],
+                                                                        published["positive"])
+            assert line["probabilities"] == published["probabilities"]
+            assert line["score"] == pytest.approx(analysis.frames[0].classification.score, abs=5e-7)
     assert lines[0]["runtime"] == "onnxruntime" and lines[0]["model"]["format"] == "onnx-int8"
+
+
+def test_predict_prints_rounded_scores_and_no_runtime_chatter(int8_bundle, images):
+    """`medge predict` as a user runs it: no "INFO: Created TensorFlow Lite XNNPACK delegate"
+    on stderr (only with --verbose), scores with 6 decimals, not 17 digits."""
+    import re
+    import subprocess
+    import sys
+
+    def run(*flags):
+        return subprocess.run([sys.executable, "-m", "medge", "predict", *flags, str(int8_bundle), str(images["png"])],
+                              capture_output=True, text=True, timeout=120)
+
+    quiet = run()
+    assert quiet.returncode == 0, quiet.stderr
+    assert "XNNPACK" not in quiet.stderr and quiet.stderr.strip() == ""
+    line = json.loads(quiet.stdout)
+    numbers = re.findall(r'"(?:score|threshold|normal|pneumonia)": (-?[0-9.e-]+)', quiet.stdout)
+    assert len(numbers) == 4 and all(len(n.split(".")[-1]) <= 6 for n in numbers), quiet.stdout
+    assert line["score"] == round(line["score"], 6)
+    verbose = run("--verbose")
+    assert verbose.returncode == 0 and "XNNPACK" in verbose.stderr
+    assert json.loads(verbose.stdout)["score"] == line["score"]
 
 
 def test_unreadable_image_gets_an_error_line_and_exit_1_but_others_are_classified(int8_bundle, images, tmp_path):

@@ -1,11 +1,15 @@
 """The device runtimes behind one Predictor: int8 handling, batching, and clear refusals."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from medge.data import PNEUMONIAMNIST
 from medge.edge.bundle import load_bundle
 from medge.edge.errors import BundleError
+from medge.edge.preprocess import preprocess
 from medge.edge.runtime import (
     apply_activation,
     available_runtimes,
@@ -14,6 +18,7 @@ from medge.edge.runtime import (
     quantize,
     to_probabilities,
 )
+from tests.fixtures.models import needs_tensorflow
 
 
 def test_quantize_rounds_saturates_and_dequantize_inverts():
@@ -47,14 +52,31 @@ def test_device_runtimes_are_available():
     assert {"litert", "onnxruntime"} <= set(available_runtimes())
 
 
-@pytest.mark.parametrize("fixture", ["int8_bundle", "onnx_bundle"])
-def test_batches_of_any_size_give_the_same_per_image_result(fixture, request, trained_run):
-    from medge.train.run import load_run
+def test_every_format_row_names_a_device_runtime_that_runs_its_file():
+    from medge.convert.formats import FORMATS
+    from medge.edge.bundle import RUNTIME_FAMILY
+    from medge.edge.runtime import runtimes_for
+    from medge.edge.schemas import load_schema
 
+    recorded = load_schema("bundle")["properties"]["artifacts"]["items"]["properties"]["runtime"]["enum"]
+    for fmt in FORMATS.values():
+        family = RUNTIME_FAMILY[Path(fmt.file).suffix]
+        # The row's runtime is the family's device default, the one the gate measures on.
+        assert fmt.runtime == runtimes_for(family)[0], fmt
+        assert fmt.runtime in recorded, fmt
+    from medge.convert.formats import Format
+
+    with pytest.raises(ValueError, match="cannot run"):
+        Format("onnx-bad", "model.onnx", "litert", "onnx_export:export_onnx_f32", False, "ONNX on LiteRT")
+
+
+@pytest.mark.parametrize("fixture", ["int8_bundle", "onnx_bundle"])
+def test_batches_of_any_size_give_the_same_per_image_result(fixture, request):
     bundle = load_bundle(request.getfixturevalue(fixture))
     predictor = create_predictor(bundle.artifact(), threads=2)
     assert predictor.threads == 2
-    x = load_run(trained_run).load_dataset().splits["test"].x[:7]
+    images = np.load(PNEUMONIAMNIST)["test_images"][:7]
+    x = np.stack([preprocess(image, bundle.spec) for image in images])
     batch = predictor.predict(x)
     single = np.concatenate([predictor.predict(x[i:i + 1]) for i in range(len(x))])
     assert batch.shape == (7, 2) and batch.dtype == np.float32
@@ -89,6 +111,7 @@ def test_bad_runtime_requests_and_bad_files_are_refused(int8_bundle, tmp_path):
 
 
 def test_a_fixed_batch_model_accepts_fewer_or_more_images_than_its_batch(tmp_path):
+    needs_tensorflow()
     import tensorflow as tf
 
     inputs = tf.keras.Input(shape=(8, 8, 1), batch_size=4)

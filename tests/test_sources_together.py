@@ -116,3 +116,34 @@ def test_video_that_ends_leaves_the_other_sources_running(edge_daemon, int8_bund
         validated("result", payload)
     assert len({p["input_ref"] for p in results_from(subscriber, "camera")}) == 4
     assert daemon.running and daemon.stop() == 0
+
+
+def test_a_deleted_watch_folder_is_reported_and_recovered_when_it_comes_back(edge_daemon, int8_bundle, broker,
+                                                                             subscriber, tmp_path):
+    import shutil
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    daemon = edge_daemon(int8_bundle, broker.url, watch=incoming)
+    subscriber.wait_for(lambda s: any(p["state"] == "online" for p in s.payloads("status")), 60, "online")
+
+    def watch_state(s):
+        beats = s.payloads("heartbeat")
+        return beats[-1]["sources"]["watch"]["state"] if beats else None
+
+    shutil.rmtree(incoming)  # e.g. an unmounted share, or someone cleaning up
+    subscriber.wait_for(lambda s: events_of(s, "source_down"), 30, "the folder loss to be reported")
+    [down] = events_of(subscriber, "source_down")
+    assert validated("error", down)["level"] == "error" and down["source"] == "watch"
+    assert "cannot be read" in down["message"]
+    subscriber.wait_for(lambda s: watch_state(s) == "down", 15, "a heartbeat with the watch folder down")
+    assert validated("heartbeat", subscriber.payloads("heartbeat")[-1])["sources"]["watch"]["last_error"]
+    assert daemon.running
+
+    incoming.mkdir()
+    subscriber.wait_for(lambda s: events_of(s, "source_up"), 30, "the folder to be back")
+    subscriber.wait_for(lambda s: watch_state(s) == "watching", 15, "a heartbeat with the folder watched again")
+    write_atomically(incoming / "after.jpeg", xray_files()[0].read_bytes())
+    subscriber.wait_for(lambda s: results_from(s, "watch"), 60, "a result from the folder that came back")
+    assert len(events_of(subscriber, "source_down")) == 1  # once per outage, not once per poll
+    assert daemon.stop() == 0

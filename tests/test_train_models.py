@@ -1,14 +1,12 @@
 """Architectures, ensembles, multi-class runs, threshold policies and the clinical metrics."""
 import json
 
-import keras
 import numpy as np
 import pytest
 
 from medge.edge.errors import ConfigError, InputError
 from medge.train.config import TrainConfig
 from medge.train.evaluate import binary_metrics, bootstrap_auc_ci, roc_auc
-from medge.train.models import build_backbone, build_ensemble
 from medge.train.pipeline import sample_weights, train
 from medge.train.run import load_run
 from medge.train.thresholds import choose_threshold, parse_policy
@@ -25,6 +23,8 @@ def val_scores(run_path):
 
 
 def test_mobilenetv2_backbone_trains_on_an_image_tree_and_exports(split_tree, tmp_path):
+    import keras  # here, not at module level: collecting the tests must not load TensorFlow
+
     run = train(quick_config(data=split_tree, out=tmp_path / "run", arch="mobilenetv2", weights="none",
                              input_size=32, epochs=2, limit=None, batch_size=32))
     metrics = json.loads((run / "metrics.json").read_text())
@@ -40,6 +40,10 @@ def test_mobilenetv2_backbone_trains_on_an_image_tree_and_exports(split_tree, tm
 
 
 def test_backbone_loads_a_local_weights_file_and_rejects_a_wrong_one(tmp_path):
+    import keras  # here, not at module level: collecting the tests must not load TensorFlow
+
+    from medge.train.models import build_backbone
+
     config = TrainConfig(arch="mobilenetv2", weights="none", input_size=32)
     source = keras.applications.MobileNetV2(alpha=0.35, input_shape=(32, 32, 3), include_top=False,
                                             weights=None, pooling="avg")
@@ -64,6 +68,8 @@ def test_backbone_loads_a_local_weights_file_and_rejects_a_wrong_one(tmp_path):
 
 
 def test_efficientnetb0_builds_for_binary_and_multiclass():
+    from medge.train.models import build_backbone
+
     binary = build_backbone((32, 32, 3), 2, TrainConfig(arch="efficientnetb0", input_size=32))
     multi = build_backbone((32, 32, 3), 4, TrainConfig(arch="efficientnetb0", input_size=32))
     assert binary.outputs[0].shape[1:] == (1,) and multi.outputs[0].shape[1:] == (4,)
@@ -85,6 +91,10 @@ def test_config_rejects_bad_values_with_the_key_named():
 
 
 def test_ensemble_is_one_keras_model_averaging_its_members(trained_run, tmp_path):
+    import keras  # here, not at module level: collecting the tests must not load TensorFlow
+
+    from medge.train.models import build_ensemble
+
     member = load_run(trained_run).load_model()
     member.name, other = "member0", keras.models.clone_model(member)
     other.name = "member1"
@@ -187,3 +197,90 @@ def load_run_free_images():
     from medge.train.data import load_dataset
 
     return load_dataset().splits["val"].x[:8]
+
+
+# --------------------------------------------------------------------------- the architecture table
+
+
+def build_tiny_dense(input_shape, n_classes, config, arch=None, name="tiny"):
+    """A builder living outside medge: what a new architecture's author writes."""
+    import keras  # here, not at module level: collecting the tests must not load TensorFlow
+    from keras import layers
+
+    from medge.train.models import output_layer
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Dense(arch.options["units"], activation="relu")(layers.Flatten()(inputs))
+    return keras.Model(inputs, output_layer(n_classes)(x), name=name)
+
+
+def test_a_new_architecture_is_one_table_row_and_its_builder(monkeypatch, tmp_path):
+    import keras  # here, not at module level: collecting the tests must not load TensorFlow
+
+    from medge.train.architectures import ARCHITECTURES, Architecture
+
+    monkeypatch.setitem(ARCHITECTURES, "tinydense", Architecture(
+        "tinydense", "a one-layer dense net", builder="tests.test_train_models:build_tiny_dense",
+        normalization="symmetric", min_input_size=16, options={"units": 8}))
+    config = quick_config(arch="tinydense", out=tmp_path / "run", limit=100, epochs=1, bootstrap=0, augment=())
+    assert config.normalization == "symmetric" and config.input_channels == 1
+    with pytest.raises(ConfigError, match="tinydense needs at least 16 pixels"):
+        quick_config(arch="tinydense", input_size=12)
+    run = train(config)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model"]["arch"] == "tinydense" and metrics["preprocessing"]["normalization"] == "symmetric"
+    assert keras.models.load_model(run / "model.keras").name == "tinydense"
+
+
+def test_cli_choices_and_config_errors_come_from_the_table():
+    from click.testing import CliRunner
+
+    from medge.main import cli
+    from medge.train.architectures import ARCHITECTURES
+    from medge.train.cli import train_command
+
+    option = next(p for p in train_command.params if p.name == "arch")
+    assert list(option.type.choices) == list(ARCHITECTURES)
+    with pytest.raises(ConfigError, match="choose from " + ", ".join(ARCHITECTURES)):
+        TrainConfig(arch="resnet")
+    result = CliRunner().invoke(cli, ["train", "--help"])
+    assert all(arch.summary.split()[0] in result.output for arch in ARCHITECTURES.values())
+
+
+# --------------------------------------------------------------------------- honest intervals
+
+
+def test_wilson_intervals_for_rates_on_small_samples():
+    from medge.train.evaluate import wilson_interval
+
+    # Published values (Wilson 1927; e.g. Newcombe 1998, table I): 0/10 -> 0-0.2775, 10/10 -> 0.7225-1.
+    assert wilson_interval(0, 10) == pytest.approx([0.0, 0.2775], abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx([0.7225, 1.0], abs=1e-4)
+    assert wilson_interval(50, 100) == pytest.approx([0.4038, 0.5962], abs=1e-4)
+    assert wilson_interval(0, 0) is None
+    # Seven images, all right: a perfect score is not certainty.
+    metrics = binary_metrics([0, 0, 0, 1, 1, 1, 1], [0.1, 0.2, 0.3, 0.7, 0.8, 0.9, 0.95], 0.5, bootstrap=500)
+    assert metrics["accuracy"] == 1.0 and metrics["accuracy_ci95"][0] < 0.7
+    assert metrics["sensitivity_ci95"][0] < 0.6 and metrics["specificity_ci95"][0] < 0.5
+    assert metrics["auc_ci95"] is None and metrics["auc_ci_note"].startswith("no AUC interval: only 3/4")
+
+
+def test_a_degenerate_bootstrap_auc_interval_is_flagged():
+    y = np.array([0] * 30 + [1] * 30)
+    perfect = np.where(y == 1, 0.9, 0.1)
+    metrics = binary_metrics(y, perfect, 0.5, bootstrap=300)
+    assert metrics["auc_ci95"] == [1.0, 1.0] and metrics["auc_ci_note"].startswith("degenerate AUC interval")
+    rng = np.random.default_rng(1)
+    noisy = np.clip(y * 0.3 + rng.normal(0.35, 0.2, 60), 0, 1)
+    assert binary_metrics(y, noisy, 0.5, bootstrap=300)["auc_ci_note"] is None
+
+
+def test_expected_calibration_error():
+    from medge.train.evaluate import expected_calibration_error
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 20000)
+    calibrated = (rng.uniform(0, 1, 20000) < p).astype(int)  # outcomes drawn with probability p
+    assert expected_calibration_error(calibrated, p) < 0.02
+    overconfident = np.where(p > 0.5, 0.99, 0.01)  # same decisions, extreme scores
+    assert expected_calibration_error(calibrated, overconfident) > 0.2

@@ -7,7 +7,8 @@ import click
 
 from medge.edge.errors import ConfigError
 
-from .config import AUGMENTATIONS, DEFAULT_AUGMENT, TrainConfig
+from .architectures import ARCHITECTURES, help_text
+from .config import AUGMENTATIONS, DEFAULT_AUGMENT, INTERPOLATIONS, TrainConfig
 
 DEFAULTS = TrainConfig()
 
@@ -32,14 +33,13 @@ def _csv(value, convert=str) -> tuple | None:
 @click.option("--labels-csv", type=click.Path(path_type=Path), help="DICOM folder labels [default: DATA/labels.csv].")
 @click.option("--val-split", type=float, default=DEFAULTS.val_split, help="Fraction carved from train when the data has no val split.")
 @click.option("--test-split", type=float, default=DEFAULTS.test_split, help="Fraction carved from train when the data has no test split.")
-@click.option("--limit", type=int, help="Use at most this many training images (stratified; for quick runs).")
-@click.option("--arch", type=click.Choice(["cnn", "mobilenetv2", "efficientnetb0"]), default=DEFAULTS.arch,
-              help="cnn: the classic Conv2D/ReLU/MaxPool stack; mobilenetv2 (alpha 0.35) / efficientnetb0: Keras backbones.")
+@click.option("--limit", type=int, help="Use at most this many training images (stratified; for quick runs; >= 1).")
+@click.option("--arch", type=click.Choice(list(ARCHITECTURES)), default=DEFAULTS.arch, help=help_text())
 @click.option("--weights", default=DEFAULTS.weights,
               help="Backbone weights: imagenet (Keras download), none, or a local .weights.h5 file.")
 @click.option("--input-size", type=int, default=DEFAULTS.input_size, help="Model input height = width in pixels.")
 @click.option("--channels", type=click.Choice(["1", "3"]), help="Model input channels [default: 1 for cnn, 3 for backbones].")
-@click.option("--interpolation", type=click.Choice(["area", "linear", "cubic", "nearest"]), default=DEFAULTS.interpolation)
+@click.option("--interpolation", type=click.Choice(INTERPOLATIONS), default=DEFAULTS.interpolation)
 @click.option("--filters", default=",".join(map(str, DEFAULTS.filters)), help="cnn: filters per conv block.")
 @click.option("--batch-norm/--no-batch-norm", default=DEFAULTS.batch_norm, help="cnn: BatchNormalization after each conv.")
 @click.option("--dropout", type=float, default=DEFAULTS.dropout)
@@ -59,7 +59,8 @@ def _csv(value, convert=str) -> tuple | None:
               help="Operating threshold chosen on validation: youden, sensitivity:0.95, specificity:0.9 or fixed:0.5.")
 @click.option("--bootstrap", type=int, default=DEFAULTS.bootstrap, help="Bootstrap resamples for the AUC 95% interval.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress.")
-def train_command(data, quiet, classes, filters, augment, channels, **options):
+@click.option("--verbose", "-v", is_flag=True, help="Also show TensorFlow's own log lines (hidden by default).")
+def train_command(data, quiet, verbose, classes, filters, augment, channels, **options):
     """Train a classifier on DATA and write a run folder.
 
     DATA is a MedMNIST-style .npz, a class-per-folder image tree (DATA/{train,val,test}/CLASS/*.png
@@ -73,11 +74,40 @@ def train_command(data, quiet, classes, filters, augment, channels, **options):
     try:
         config = TrainConfig(data=data, classes=_csv(classes), filters=_csv(filters, int), augment=augment_names,
                              channels=int(channels) if channels else None, verbose=not quiet, **options)
+    except ConfigError as error:
+        raise ConfigError(_as_flag(str(error))) from None
     except TypeError as error:  # pragma: no cover - a programming error, not user input
         raise ConfigError(str(error)) from None
-    from .pipeline import train
+    from medge.convert.quiet import quiet_native_logs
 
-    train(config, log=lambda message: click.echo(message, err=False))
+    # TensorFlow's import-time absl/cudart lines are nothing a user can act on.
+    with quiet_native_logs(enabled=not verbose):
+        from .pipeline import train
+
+        train(config, log=lambda message: click.echo(message, err=False))
+
+
+def _as_flag(message: str) -> str:
+    """"batch_size: must be ..." -> "--batch-size: must be ...": name the option the user typed."""
+    key, sep, rest = message.partition(":")
+    flags = {"version": "model-version"}
+    if sep and key.isidentifier() and key in TrainConfig.__dataclass_fields__:
+        return f"--{flags.get(key, key.replace('_', '-'))}:{rest}"
+    return message
+
+
+def parse_class_map(text: str | None) -> dict[str, str] | None:
+    """"NORMAL=normal,PNEUMONIA=pneumonia" -> {"NORMAL": "normal", ...}; the run checks the targets."""
+    if text is None:
+        return None
+    mapping = {}
+    for item in (part.strip() for part in text.split(",")):
+        source, sep, target = item.partition("=")
+        if not item or not sep or not source.strip() or not target.strip():
+            raise click.BadParameter(f"{item!r} is not NAME=CLASS (e.g. healthy=normal,sick=pneumonia)",
+                                     param_hint="--class-map")
+        mapping[source.strip()] = target.strip()
+    return mapping
 
 
 @click.command("evaluate", context_settings={"show_default": True})
@@ -86,18 +116,26 @@ def train_command(data, quiet, classes, filters, augment, channels, **options):
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]),
               help="Which part of DATA to evaluate [default: test if DATA has one, else all images].")
 @click.option("--labels-csv", type=click.Path(path_type=Path), help="DICOM folder labels [default: DATA/labels.csv].")
-@click.option("--threshold", type=float, help="Override the run's operating threshold.")
+@click.option("--threshold", type=click.FloatRange(0, 1), help="Override the run's operating threshold.")
 @click.option("--out", "-o", type=click.Path(path_type=Path),
               help="Where to write evaluation.json, plots, report [default: RUN/evaluations/<data name>].")
-@click.option("--bootstrap", type=int, default=1000, help="Bootstrap resamples for the AUC 95% interval.")
-def evaluate_command(run, data, split, labels_csv, threshold, out, bootstrap):
+@click.option("--bootstrap", type=click.IntRange(0), default=1000, help="Bootstrap resamples for the AUC 95% interval.")
+@click.option("--class-map", help="Map DATA's folder or label names onto the run's classes, e.g. "
+              "healthy=normal,bacteria=pneumonia,virus=pneumonia (several names may map to one class).")
+@click.option("--verbose", "-v", is_flag=True, help="Also show TensorFlow's own log lines (hidden by default).")
+def evaluate_command(run, data, split, labels_csv, threshold, out, bootstrap, class_map, verbose):
     """Re-evaluate the model of RUN on DATA (any format `medge train` accepts; default: the run's own test split).
 
-    Class names in DATA must be the run's classes. Writes evaluation.json, ROC and confusion-matrix
-    plots and evaluation.md. Not for diagnostic use.
+    Class folders (or labels) in DATA are matched to the run's classes ignoring case (NORMAL =
+    normal); --class-map maps other names. Rates come with Wilson 95% intervals. Writes
+    evaluation.json, ROC and confusion-matrix plots and evaluation.md. Not for diagnostic use.
     """
-    from .reevaluate import evaluate_run
+    class_map = parse_class_map(class_map)
+    from medge.convert.quiet import quiet_native_logs
 
-    result = evaluate_run(run, data, split=split, labels_csv=labels_csv, threshold=threshold, out=out,
-                          bootstrap=bootstrap, log=click.echo)
+    with quiet_native_logs(enabled=not verbose):
+        from .reevaluate import evaluate_run
+
+        result = evaluate_run(run, data, split=split, labels_csv=labels_csv, threshold=threshold, out=out,
+                              bootstrap=bootstrap, class_map=class_map, log=click.echo)
     click.echo(f"evaluation written to {result}")

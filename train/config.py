@@ -5,11 +5,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from medge.edge.errors import ConfigError
+from medge.edge.preprocess import INTERPOLATIONS as RESIZE_INTERPOLATIONS
 
-ARCHS = ("cnn", "mobilenetv2", "efficientnetb0")
+from .architectures import ARCHITECTURES, architecture
+
 AUGMENTATIONS = ("rotate", "zoom", "flip", "translate", "brightness", "contrast")
 # The tuned defaults (see BENCHMARKS.md): what `medge train` does with no options.
 DEFAULT_AUGMENT = ("rotate", "zoom", "translate", "brightness", "contrast")
+INTERPOLATIONS = tuple(RESIZE_INTERPOLATIONS)
 
 
 @dataclass
@@ -49,28 +52,39 @@ class TrainConfig:
     verbose: bool = True
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ConfigError(f"arch: unknown architecture {self.arch!r} (choose from {', '.join(ARCHS)})")
+        # Every option is checked here, before any data is read or a run folder is made: the CLI,
+        # the demo and the tests all build a TrainConfig, so this is the one place for the bounds.
+        arch = architecture(self.arch)
         unknown = [a for a in self.augment if a not in AUGMENTATIONS]
         if unknown:
             raise ConfigError(f"augment: unknown augmentation {unknown[0]!r} (choose from {', '.join(AUGMENTATIONS)} or none)")
-        if self.class_weight not in ("auto", "none"):
-            raise ConfigError(f"class_weight: must be 'auto' or 'none', not {self.class_weight!r}")
-        if self.pooling not in ("global", "flatten"):
-            raise ConfigError(f"pooling: must be 'global' or 'flatten', not {self.pooling!r}")
-        if self.ensemble < 1:
-            raise ConfigError(f"ensemble: must be at least 1, not {self.ensemble}")
-        if self.epochs < 1:
-            raise ConfigError(f"epochs: must be at least 1, not {self.epochs}")
+        _choice("class_weight", self.class_weight, ("auto", "none"))
+        _choice("pooling", self.pooling, ("global", "flatten"))
+        _choice("interpolation", self.interpolation, INTERPOLATIONS)
+        for key in ("ensemble", "epochs", "batch_size"):
+            _at_least(key, getattr(self, key), 1)
+        for key in ("patience", "dense_units", "bootstrap"):
+            _at_least(key, getattr(self, key), 0)
+        if self.limit is not None:
+            # 0 used to mean "no limit": leave the option out for that.
+            _at_least("limit", self.limit, 1)
+        if not (isinstance(self.learning_rate, int | float) and 0 < self.learning_rate <= 1):
+            raise ConfigError(f"learning_rate: must be in (0, 1], not {self.learning_rate}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout: must be in [0, 1), not {self.dropout}")
         for key in ("val_split", "test_split"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be in [0, 1), not {getattr(self, key)}")
-        if self.arch != "cnn" and self.input_size < 32:
-            raise ConfigError(f"input_size: {self.arch} needs at least 32 pixels, not {self.input_size}")
-        if self.arch == "cnn" and str(self.weights).lower() != "none":
-            raise ConfigError(f"weights: {self.weights!r} applies to backbones only; the cnn trains from scratch (use --arch mobilenetv2)")
+        if self.val_split + self.test_split >= 1:
+            raise ConfigError(f"val_split + test_split: must leave images to train on, not {self.val_split} + {self.test_split}")
+        if self.input_size < arch.min_input_size:
+            raise ConfigError(f"input_size: {self.arch} needs at least {arch.min_input_size} pixels, not {self.input_size}")
+        if not self.filters or any(not isinstance(f, int) or f < 1 for f in self.filters):
+            raise ConfigError(f"filters: must be one or more positive integers, not {','.join(map(str, self.filters or ())) or 'none'}")
+        if not arch.pretrained and str(self.weights).lower() != "none":
+            pretrained = [a.name for a in ARCHITECTURES.values() if a.pretrained]
+            raise ConfigError(f"weights: {self.weights!r} applies to backbones only; {self.arch} trains from scratch "
+                              f"(use --arch {pretrained[0]})")
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"channels: must be 1 or 3, not {self.channels}")
         from .thresholds import parse_policy
@@ -79,15 +93,11 @@ class TrainConfig:
 
     @property
     def input_channels(self) -> int:
-        if self.channels is not None:
-            return self.channels
-        return 1 if self.arch == "cnn" else 3
+        return self.channels if self.channels is not None else architecture(self.arch).channels
 
     @property
     def normalization(self) -> str:
-        # Keras backbones were pretrained on [-1, 1] (MobileNetV2) or take 0..255 and
-        # rescale inside (EfficientNet); the CNN learns from 0..1.
-        return {"cnn": "unit", "mobilenetv2": "symmetric", "efficientnetb0": "raw"}[self.arch]
+        return architecture(self.arch).normalization
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -98,3 +108,13 @@ class TrainConfig:
             if data[key] is not None:
                 data[key] = list(data[key])
         return data
+
+
+def _at_least(key: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}: must be an integer >= {minimum}, not {value}")
+
+
+def _choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)}, not {value!r}")

@@ -57,6 +57,7 @@ class Dataset:
     seed: int = 0
     labels_csv: Path | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+    train_available: int | None = None  # set by limit_train: how many training images there were
     _display: dict = field(default_factory=dict, repr=False)  # name -> how to re-read display pixels
 
     @property
@@ -68,10 +69,17 @@ class Dataset:
                  f"input {self.spec.height}x{self.spec.width}x{self.spec.channels}"]
         for name, split in self.splits.items():
             counts = ", ".join(f"{c}={n}" for c, n in zip(self.classes, split.counts(len(self.classes))))
-            lines.append(f"  {name}: {len(split)} images ({counts})")
+            limited = (f" - --limit: {len(split)} of {self.train_available}"
+                       if name == "train" and self.train_available not in (None, len(split)) else "")
+            lines.append(f"  {name}: {len(split)} images ({counts}){limited}")
         if self.skipped:
             lines.append(f"  skipped {len(self.skipped)} non-image file(s), e.g. {self.skipped[0][0]} ({self.skipped[0][1]})")
         return "\n".join(lines)
+
+    def limit_train(self, train: Split) -> None:
+        """Train on `train` (a subset of the training split) from now on; describe() says so."""
+        self.train_available = len(self.splits["train"])
+        self.splits["train"] = train
 
     def to_dict(self) -> dict:
         """What metrics.json records so `load_dataset` rebuilds exactly these splits."""
@@ -99,11 +107,21 @@ class Dataset:
 
 
 def load_dataset(path=None, classes=None, spec: PreprocessSpec | None = None, val_split: float = 0.1,
-                 test_split: float = 0.1, seed: int = 0, labels_csv=None) -> Dataset:
-    """Load any supported dataset; None = the bundled PneumoniaMNIST (classes normal, pneumonia)."""
+                 test_split: float = 0.1, seed: int = 0, labels_csv=None, class_map: dict | None = None) -> Dataset:
+    """Load any supported dataset; None = the bundled PneumoniaMNIST (classes normal, pneumonia).
+
+    Folder and label names match `classes` ignoring case; `class_map` maps other names
+    ({"NORMAL": "normal", "bacteria": "pneumonia", ...}) and needs `classes`.
+    """
     path = Path(path if path is not None else PNEUMONIAMNIST).expanduser().resolve()
     spec = spec or PreprocessSpec()
     classes = _parse_classes(classes)
+    if class_map:
+        if classes is None:
+            raise InputError("--class-map needs the class names (--classes, or a run to evaluate)")
+        unknown = [target for target in class_map.values() if target not in classes]
+        if unknown:
+            raise InputError(f"--class-map: {unknown[0]!r} is not a class ({', '.join(classes)})")
     if not path.exists():
         raise InputError(f"{path}: dataset not found")
     if path.is_file():
@@ -114,9 +132,9 @@ def load_dataset(path=None, classes=None, spec: PreprocessSpec | None = None, va
         dataset = _load_npz(path, classes, spec, val_split, test_split, seed)
     elif labels_csv is not None or (path / LABELS_CSV).is_file():
         csv_path = Path(labels_csv).expanduser().resolve() if labels_csv else path / LABELS_CSV
-        dataset = _load_dicom_folder(path, csv_path, classes, spec, val_split, test_split, seed)
+        dataset = _load_dicom_folder(path, csv_path, classes, spec, val_split, test_split, seed, class_map)
     else:
-        dataset = _load_folder_tree(path, classes, spec, val_split, test_split, seed)
+        dataset = _load_folder_tree(path, classes, spec, val_split, test_split, seed, class_map)
     _check(dataset)
     return dataset
 
@@ -172,7 +190,7 @@ def _load_npz(path, classes, spec, val_split, test_split, seed) -> Dataset:
     return Dataset(path, "npz", list(classes), spec, splits, val_split, test_split, seed, _display=display)
 
 
-def _load_folder_tree(path, classes, spec, val_split, test_split, seed) -> Dataset:
+def _load_folder_tree(path, classes, spec, val_split, test_split, seed, class_map=None) -> Dataset:
     skipped: list[tuple[str, str]] = []
     subdirs = {p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")}
     has_splits = "train" in subdirs or bool(subdirs) and subdirs <= set(SPLITS)
@@ -189,31 +207,33 @@ def _load_folder_tree(path, classes, spec, val_split, test_split, seed) -> Datas
         raise InputError(f"{path}: no class folders found (expected {path}/<class>/*.png or {path}/train/<class>/*.png)")
     if classes is None:
         classes = found_classes
-    for root in roots.values():
+    folders_by_root = {split: {} for split in roots}  # split -> class index -> [folders]
+    for split, root in roots.items():
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if folder.name not in classes:
-                raise InputError(f"{folder}: label {folder.name!r} not in classes ({', '.join(classes)})")
+            index = label_index(folder.name, classes, class_map, folder)
+            folders_by_root[split].setdefault(index, []).append(folder)
     for folder in {path, *roots.values()}:
         skipped += [(str(f.relative_to(path)), "not in a class folder") for f in sorted(folder.iterdir()) if f.is_file()]
     samples = {}
     for split, root in roots.items():
         files, labels = [], []
         for index, name in enumerate(classes):
-            folder = root / name
-            if not folder.is_dir():
+            folders = folders_by_root[split].get(index)
+            if not folders:
                 if split == "train":
-                    raise InputError(f"{folder}: empty class {name!r} (folder missing)")
+                    raise InputError(f"{root / name}: empty class {name!r} (folder missing)")
                 continue
             class_files = []
-            for file in sorted(folder.rglob("*")):
-                if file.is_dir():
-                    continue
-                if file.name.startswith(".") or file.suffix.lower() not in IMAGE_SUFFIXES + DICOM_SUFFIXES:
-                    skipped.append((str(file.relative_to(path)), "not an image file"))
-                    continue
-                class_files.append(file)
+            for folder in folders:
+                for file in sorted(folder.rglob("*")):
+                    if file.is_dir():
+                        continue
+                    if file.name.startswith(".") or file.suffix.lower() not in IMAGE_SUFFIXES + DICOM_SUFFIXES:
+                        skipped.append((str(file.relative_to(path)), "not an image file"))
+                        continue
+                    class_files.append(file)
             if not class_files and split == "train":
-                raise InputError(f"{folder}: empty class {name!r} (no images)")
+                raise InputError(f"{folders[0]}: empty class {name!r} (no images)")
             files += class_files
             labels += [index] * len(class_files)
         samples[split] = (files, np.asarray(labels, dtype=np.int64), [str(f.relative_to(path)) for f in files])
@@ -223,7 +243,7 @@ def _load_folder_tree(path, classes, spec, val_split, test_split, seed) -> Datas
                    skipped=skipped, _display=display)
 
 
-def _load_dicom_folder(path, csv_path, classes, spec, val_split, test_split, seed) -> Dataset:
+def _load_dicom_folder(path, csv_path, classes, spec, val_split, test_split, seed, class_map=None) -> Dataset:
     if not csv_path.is_file():
         raise InputError(f"{csv_path}: labels file not found")
     try:
@@ -246,14 +266,13 @@ def _load_dicom_folder(path, csv_path, classes, spec, val_split, test_split, see
         file = (path / row["file"]).resolve() if not Path(row["file"]).is_absolute() else Path(row["file"])
         if not row["file"]:
             raise InputError(f"{csv_path}:{line}: empty file name")
-        if row["label"] not in classes:
-            raise InputError(f"{csv_path}:{line}: {row['file']}: label {row['label']!r} not in classes ({', '.join(classes)})")
+        label = label_index(row["label"], classes, class_map, f"{csv_path}:{line}: {row['file']}")
         if not file.is_file():
             raise InputError(f"{csv_path}:{line}: {row['file']}: file not found")
         split = row.get("split") or "train"
         if split not in SPLITS:
             raise InputError(f"{csv_path}:{line}: split {split!r} must be one of {', '.join(SPLITS)}")
-        by_split.setdefault(split, []).append((file, classes.index(row["label"]), row["file"]))
+        by_split.setdefault(split, []).append((file, label, row["file"]))
         listed.add(file)
     for name in classes:
         if not any(label == classes.index(name) for entries in by_split.values() for _, label, _ in entries):
@@ -304,6 +323,19 @@ def _complete_splits(samples: dict, spec, val_split, test_split, seed) -> dict[s
             continue
         out[name] = Split(_preprocess_all(items, names, spec), np.asarray(labels, dtype=np.int64), list(names))
     return out
+
+
+def label_index(label: str, classes: list[str], class_map: dict | None, where) -> int:
+    """The class index of a folder or label name: exact, then --class-map, then ignoring case
+    (the Kermany chest X-ray folders are NORMAL/PNEUMONIA, PneumoniaMNIST's classes lower case)."""
+    name = (class_map or {}).get(label, label)
+    if name in classes:
+        return classes.index(name)
+    matches = [index for index, known in enumerate(classes) if known.casefold() == name.casefold()]
+    if len(matches) == 1:
+        return matches[0]
+    raise InputError(f"{where}: label {label!r} not in classes ({', '.join(classes)}); "
+                     f"map it with --class-map {label}=CLASS")
 
 
 def _preprocess_all(items, names, spec: PreprocessSpec) -> np.ndarray:

@@ -1,11 +1,18 @@
-"""Clinical evaluation: AUC with a bootstrap 95% interval, sensitivity, specificity, PPV, NPV, F1,
-confusion matrix; multi-class: per-class one-vs-rest AUC, macro AUC, confusion matrix.
+"""Clinical evaluation: AUC with a bootstrap 95% interval, sensitivity, specificity, PPV, NPV, F1
+with Wilson 95% intervals, confusion matrix, calibration (ECE); multi-class: per-class one-vs-rest
+AUC, macro AUC, confusion matrix.
 
 Pure numpy so the same numbers can be computed anywhere (the converter's accuracy gate too).
 """
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
+
+# Fewer cases than this in a class and a bootstrap AUC interval is mostly resampling noise:
+# it is not reported, and `auc_ci_note` says why.
+MIN_CASES_FOR_AUC_CI = 10
 
 
 def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float | None:
@@ -54,6 +61,59 @@ def bootstrap_auc_ci(y_true, scores, n: int = 1000, seed: int = 0, level: float 
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100.0 - tail))]
 
 
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> list[float] | None:
+    """Wilson score interval of a rate: honest on small samples and at 0 or 1 (7 of 7 correct
+    gives 0.65-1.00, not 1.00-1.00 as a normal or bootstrap interval would)."""
+    if n <= 0:
+        return None
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    p = successes / n
+    denominator = 1.0 + z * z / n
+    centre = (p + z * z / (2.0 * n)) / denominator
+    half = z * np.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denominator
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
+def auc_interval(y_true, scores, n: int = 1000, seed: int = 0) -> tuple[list[float] | None, str | None]:
+    """The bootstrap AUC interval, or None and a note saying why it would mislead."""
+    y_true, scores = np.asarray(y_true), np.asarray(scores)
+    if n <= 0:
+        return None, None
+    counts = (np.bincount(y_true.astype(np.int64), minlength=2 if scores.ndim == 1 else scores.shape[1])
+              if len(y_true) else np.zeros(2, dtype=np.int64))
+    if counts.min() < MIN_CASES_FOR_AUC_CI:
+        return None, (f"no AUC interval: only {'/'.join(str(int(c)) for c in counts)} images per class "
+                      f"(a bootstrap interval needs at least {MIN_CASES_FOR_AUC_CI} of each)")
+    ci = bootstrap_auc_ci(y_true, scores, n=n, seed=seed)
+    if ci is None:
+        return None, "no AUC interval: too few resamples held every class"
+    if ci[1] - ci[0] < 1e-9:
+        return ci, (f"degenerate AUC interval: every resample gave {ci[0]:.3f}; "
+                    f"{len(y_true)} images cannot show the uncertainty")
+    return ci, None
+
+
+def expected_calibration_error(y_true, probabilities, bins: int = 10) -> float | None:
+    """ECE: the mean gap between confidence and accuracy over equal-width confidence bins,
+    weighted by bin size (binary: P(positive) against the positive rate)."""
+    y_true = np.asarray(y_true).astype(np.int64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if len(y_true) == 0:
+        return None
+    if probabilities.ndim == 1:
+        confidence, outcome = probabilities, (y_true == 1).astype(np.float64)
+    else:
+        predicted = probabilities.argmax(axis=1)
+        confidence, outcome = probabilities.max(axis=1), (predicted == y_true).astype(np.float64)
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            gap += members.sum() * abs(confidence[members].mean() - outcome[members].mean())
+    return float(gap / len(y_true))
+
+
 def _auc_any(y_true, probabilities) -> float | None:
     if probabilities.ndim == 1:
         return roc_auc(y_true, probabilities)
@@ -85,16 +145,24 @@ def binary_metrics(y_true, p_positive, threshold: float, bootstrap: int = 1000, 
     sensitivity, precision = _ratio(tp, tp + fn), _ratio(tp, tp + fp)
     f1 = (2 * precision * sensitivity / (precision + sensitivity)
           if precision is not None and sensitivity is not None and precision + sensitivity > 0 else None)
+    auc_ci, auc_note = auc_interval(y_true, p_positive, n=bootstrap, seed=seed)
     return {
         "n": int(len(y_true)),
         "auc": roc_auc(y_true, p_positive),
-        "auc_ci95": bootstrap_auc_ci(y_true, p_positive, n=bootstrap, seed=seed),
+        "auc_ci95": auc_ci,
+        "auc_ci_note": auc_note,
         "accuracy": _ratio(tp + tn, len(y_true)),
+        "accuracy_ci95": wilson_interval(tp + tn, len(y_true)),
         "sensitivity": sensitivity,
+        "sensitivity_ci95": wilson_interval(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
+        "specificity_ci95": wilson_interval(tn, tn + fp),
         "precision": precision,  # = PPV
+        "precision_ci95": wilson_interval(tp, tp + fp),
         "npv": _ratio(tn, tn + fn),
+        "npv_ci95": wilson_interval(tn, tn + fn),
         "f1": f1,
+        "ece": expected_calibration_error(y_true, p_positive),
         "threshold": float(threshold),
         "tp": tp, "tn": tn, "fp": fp, "fn": fn,
         "confusion_matrix": confusion_matrix(y_true, y_pred, 2),
@@ -125,11 +193,16 @@ def multiclass_metrics(y_true, probabilities, classes: list[str], bootstrap: int
     macro = float(np.mean(aucs)) if all(a is not None for a in aucs) else None
     defined = lambda key: [m[key] for m in per_class.values() if m[key] is not None]  # noqa: E731
     mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
+    auc_ci, auc_note = auc_interval(y_true, probabilities, n=bootstrap, seed=seed)
+    correct = int((y_pred == y_true).sum())
     return {
         "n": int(len(y_true)),
         "auc": macro,  # macro one-vs-rest AUC
-        "auc_ci95": bootstrap_auc_ci(y_true, probabilities, n=bootstrap, seed=seed),
-        "accuracy": _ratio(int((y_pred == y_true).sum()), len(y_true)),
+        "auc_ci95": auc_ci,
+        "auc_ci_note": auc_note,
+        "accuracy": _ratio(correct, len(y_true)),
+        "accuracy_ci95": wilson_interval(correct, len(y_true)),
+        "ece": expected_calibration_error(y_true, probabilities),
         # Macro averages, so the same keys exist for binary and multi-class runs.
         "sensitivity": mean(defined("sensitivity")),
         "specificity": mean(defined("specificity")),
@@ -147,3 +220,20 @@ def evaluate_probabilities(y_true, probabilities, classes: list[str], threshold:
     if len(classes) == 2:
         return binary_metrics(y_true, probabilities.reshape(len(probabilities), -1)[:, -1], threshold, bootstrap, seed)
     return multiclass_metrics(y_true, probabilities, classes, bootstrap, seed)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def with_interval(metrics: dict, key: str) -> str:
+    """"0.912 (95% CI 0.880-0.936)": a figure with its interval, as the terminal and reports show it."""
+    ci = metrics.get(f"{key}_ci95")
+    return _fmt(metrics.get(key)) + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+
+
+def summary_figures(metrics: dict) -> str:
+    """One line of the headline figures with their intervals."""
+    return ", ".join(f"{label} {with_interval(metrics, key)}" for label, key in
+                     (("AUC", "auc"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
+                      ("specificity", "specificity")))

@@ -13,6 +13,7 @@ from keras import layers
 
 from medge.edge.errors import ConfigError, InputError
 
+from .architectures import Architecture, architecture, builder
 from .config import TrainConfig
 
 
@@ -23,7 +24,8 @@ def output_layer(n_classes: int, name: str = "probabilities"):
     return layers.Dense(n_classes, activation="softmax", name=name)
 
 
-def build_cnn(input_shape, n_classes: int, config: TrainConfig, name: str = "cnn") -> keras.Model:
+def build_cnn(input_shape, n_classes: int, config: TrainConfig, arch: Architecture | None = None,
+              name: str = "cnn") -> keras.Model:
     """Conv2D + ReLU (+ BatchNorm) blocks with max pooling, then global pooling or flatten, dense head."""
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
@@ -50,17 +52,18 @@ def build_cnn(input_shape, n_classes: int, config: TrainConfig, name: str = "cnn
     return keras.Model(inputs, outputs, name=name)
 
 
-BACKBONES = {
-    "mobilenetv2": lambda **kw: keras.applications.MobileNetV2(alpha=0.35, **kw),
-    "efficientnetb0": lambda **kw: keras.applications.EfficientNetB0(**kw),
-}
+def build_backbone(input_shape, n_classes: int, config: TrainConfig, arch: Architecture | None = None,
+                   name: str | None = None) -> keras.Model:
+    """A keras.applications backbone (ImageNet weights, none, or a local weights file) + new head.
 
-
-def build_backbone(input_shape, n_classes: int, config: TrainConfig, name: str | None = None) -> keras.Model:
-    """A keras.applications backbone (ImageNet weights, none, or a local weights file) + new head."""
+    The table row names the application class; its other options go to that class (e.g. alpha).
+    """
+    arch = arch or architecture(config.arch)
+    options = dict(arch.options)
+    application = getattr(keras.applications, options.pop("application"))
     weights = _backbone_weights(config.weights, input_shape)
     try:
-        base = BACKBONES[config.arch](input_shape=input_shape, include_top=False, weights=weights, pooling="avg")
+        base = application(input_shape=input_shape, include_top=False, weights=weights, pooling="avg", **options)
     except Exception as error:
         first_line = (str(error).splitlines() or [""])[0]
         if weights == "imagenet":
@@ -94,9 +97,9 @@ def _backbone_weights(weights: str, input_shape) -> str | None:
 
 
 def build_model(input_shape, n_classes: int, config: TrainConfig, name: str | None = None) -> keras.Model:
-    if config.arch == "cnn":
-        return build_cnn(input_shape, n_classes, config, name=name or "cnn")
-    return build_backbone(input_shape, n_classes, config, name=name)
+    """The configured architecture, made by the builder its table row names."""
+    arch = architecture(config.arch)
+    return builder(arch)(input_shape, n_classes, config, arch=arch, name=name or arch.name)
 
 
 def build_ensemble(members: list[keras.Model], name: str = "ensemble") -> keras.Model:

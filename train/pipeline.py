@@ -4,19 +4,21 @@ on validation, evaluate on test, write model.keras, metrics.json, history.json, 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from medge import __version__
+from medge.edge.about import __version__
 from medge.edge.errors import InputError
 from medge.edge.preprocess import PreprocessSpec
 
 from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .run import HISTORY_FILE, METRICS_FILE, MODEL_FILE
+from .sanity import learning_warnings
 
 
 def train(config: TrainConfig, log=None) -> Path:
@@ -31,18 +33,31 @@ def train(config: TrainConfig, log=None) -> Path:
         raise InputError(f"{dataset.path}: no training data (a split tree needs a train/ folder)")
     if "val" not in dataset.splits or len(dataset.splits["val"]) == 0:
         raise InputError(f"{dataset.path}: no validation data (add a val split or set --val-split > 0)")
+    # --limit applies before anything is printed, so the counts shown are the ones trained on.
+    dataset.limit_train(limit_split(dataset.splits["train"], config.limit, config.seed))
     log(dataset.describe())
+    log(settings_line(config, spec))
     out = resolve_out(config)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train_into(out, config, dataset, spec, started, log)
+    except BaseException:
+        if created:  # a run that failed leaves no half-written run folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
-    train_split = limit_split(dataset.splits["train"], config.limit, config.seed)
+
+def _train_into(out: Path, config: TrainConfig, dataset: Dataset, spec: PreprocessSpec, started: float, log) -> Path:
+    train_split = dataset.splits["train"]
     members, histories = [], []
     for member in range(config.ensemble):
         seed = config.seed + member
         if config.ensemble > 1:
             log(f"ensemble member {member + 1}/{config.ensemble} (seed {seed})")
         model, history = fit_member(config, dataset, train_split, seed, log,
-                                    name=f"member{member}" if config.ensemble > 1 else None)
+                                    name=f"member{member}" if config.ensemble > 1 else None,
+                                    members_after=config.ensemble - member - 1)
         members.append(model)
         histories.append(history)
     from .models import build_ensemble
@@ -88,6 +103,7 @@ def train(config: TrainConfig, log=None) -> Path:
         test_probabilities = predict(model, test.x)
         metrics["test"] = evaluate_probabilities(test.y, test_probabilities, classes, threshold,
                                                  config.bootstrap, config.seed)
+    metrics["warnings"] = learning_warnings(metrics, histories)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
 
     from .plots import write_plots
@@ -96,10 +112,12 @@ def train(config: TrainConfig, log=None) -> Path:
     plots = write_plots(out, histories, dataset, metrics, test_probabilities)
     write_report(out, metrics, plots)
     log(summary_line(metrics, out))
+    for warning in metrics["warnings"]:
+        log(f"WARNING: {warning}")
     return out
 
 
-def fit_member(config: TrainConfig, dataset: Dataset, train_split, seed: int, log, name=None):
+def fit_member(config: TrainConfig, dataset: Dataset, train_split, seed: int, log, name=None, members_after: int = 0):
     import keras
 
     from .augment import augmentation_layers, make_dataset
@@ -128,8 +146,9 @@ def fit_member(config: TrainConfig, dataset: Dataset, train_split, seed: int, lo
                                       restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.5,
                                           patience=max(2, config.patience // 3), min_lr=1e-5),
-        EpochLog(config.epochs, log),
     ]
+    if config.verbose:  # --quiet: no per-epoch lines (the summary and any warnings still print)
+        callbacks.append(EpochLog(config.epochs, log, members_after))
     result = model.fit(_unpack_weights(train_data), validation_data=val_data, epochs=config.epochs, shuffle=False,
                        callbacks=callbacks, verbose=0)
     history = {key: [float(v) for v in values] for key, values in result.history.items()}
@@ -156,7 +175,7 @@ def sample_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
 
 def limit_split(split, limit: int | None, seed: int):
     """At most `limit` training samples, stratified (keeps every class) and seeded."""
-    if not limit or limit >= len(split):
+    if limit is None or limit >= len(split):
         return split
     rng = np.random.default_rng(seed)
     chosen = []
@@ -191,33 +210,56 @@ def default_name(dataset: Dataset) -> str:
     return stem.replace(" ", "_") or "model"
 
 
+def settings_line(config: TrainConfig, spec: PreprocessSpec) -> str:
+    """What this run really uses, after defaults: the line to compare with what was asked for."""
+    shape = f"filters {','.join(map(str, config.filters))}, " if config.arch == "cnn" else f"weights {config.weights}, "
+    return (f"training {config.arch} ({shape}input {spec.height}x{spec.width}x{spec.channels}): up to {config.epochs} "
+            f"epochs (early stopping, patience {config.patience}), batch {config.batch_size}, learning rate "
+            f"{config.learning_rate:g}, augment {','.join(config.augment) or 'none'}, class weights {config.class_weight}, "
+            f"seed {config.seed}" + (f", ensemble of {config.ensemble}" if config.ensemble > 1 else ""))
+
+
 def summary_line(metrics: dict, out: Path) -> str:
-    test = metrics.get("test") or metrics["val"]
+    from .evaluate import summary_figures
+
     which = "test" if "test" in metrics else "val"
-    ci = test.get("auc_ci95")
-    auc = f"{test['auc']:.3f}" if test.get("auc") is not None else "n/a"
-    ci_text = f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
-    return (f"{which}: AUC {auc}{ci_text}, accuracy {test['accuracy']:.3f}, "
-            f"sensitivity {fmt(test.get('sensitivity'))}, specificity {fmt(test.get('specificity'))} "
-            f"at threshold {metrics['threshold']:.3f} ({metrics['threshold_policy']})\nrun folder: {out}")
+    figures = metrics[which]
+    note = f"\n  note: {figures['auc_ci_note']}" if figures.get("auc_ci_note") else ""
+    return (f"{which}: {summary_figures(figures)} at threshold {metrics['threshold']:.3f} "
+            f"({metrics['threshold_policy']}){note}\nrun folder: {out}")
 
 
-def fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def EpochLog(epochs: int, log):  # noqa: N802 - a factory so keras is imported lazily
+def EpochLog(epochs: int, log, members_after: int = 0):  # noqa: N802 - a factory so keras is imported lazily
     import keras
 
     class _EpochLog(keras.callbacks.Callback):
-        """One line per epoch: losses, AUCs, time."""
+        """One line per epoch: losses, AUCs, time, and how long the rest may take.
+
+        The estimate is epochs left x the mean epoch so far (plus the ensemble members still to
+        train); early stopping can only make it shorter, hence "at most".
+        """
+
+        def on_train_begin(self, logs=None):
+            self.seconds = []
 
         def on_epoch_begin(self, epoch, logs=None):
             self.started = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
+            self.seconds.append(time.perf_counter() - self.started)
+            mean = sum(self.seconds) / len(self.seconds)
+            left = (epochs - epoch - 1 + members_after * epochs) * mean
             parts = [f"{key} {logs[key]:.4f}" for key in ("loss", "auc", "val_loss", "val_auc") if key in logs]
-            log(f"epoch {epoch + 1}/{epochs}  " + "  ".join(parts) + f"  ({time.perf_counter() - self.started:.1f}s)")
+            total = epochs * (members_after + 1) * mean
+            estimate = f"{self.seconds[-1]:.1f}s; estimate {epochs} epochs x {mean:.1f}s"
+            estimate += f" x {members_after + 1} members" if members_after else ""
+            estimate += f" = {duration(total)}" + (f", at most {duration(left)} left" if left > 0 else "")
+            log(f"epoch {epoch + 1}/{epochs}  " + "  ".join(parts) + f"  ({estimate})")
 
     return _EpochLog()

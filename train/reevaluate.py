@@ -7,26 +7,28 @@ from pathlib import Path
 
 import numpy as np
 
-from medge import __version__
+from medge.edge.about import __version__
 from medge.edge.errors import InputError
 
 from .data import Dataset, Split, load_dataset
-from .evaluate import evaluate_probabilities
+from .evaluate import evaluate_probabilities, summary_figures
 from .run import load_run
 
 EVALUATION_FILE = "evaluation.json"
 
 
 def evaluate_run(run_path, data=None, split: str | None = None, labels_csv=None, threshold: float | None = None,
-                 out=None, bootstrap: int = 1000, log=print) -> Path:
+                 out=None, bootstrap: int = 1000, class_map: dict | None = None, log=print) -> Path:
     run = load_run(run_path)
     if data is None:
+        if class_map:
+            raise InputError("--class-map applies to DATA; the run's own test split already uses its classes")
         dataset = run.load_dataset()
         split = split or "test"
     else:
         # No carving: every image of DATA belongs to the split it was given in (or to "all").
         dataset = load_dataset(data, classes=run.classes, spec=run.spec, val_split=0.0, test_split=0.0,
-                               labels_csv=labels_csv)
+                               labels_csv=labels_csv, class_map=class_map)
         split = split or ("test" if "test" in dataset.splits else "all")
     chosen = pick_split(dataset, split)
     if len(chosen) == 0:
@@ -62,11 +64,9 @@ def evaluate_run(run_path, data=None, split: str | None = None, labels_csv=None,
              f"Confusion matrix ({split}, threshold {threshold:.3f})":
                  plot_confusion(out / "confusion_matrix.png", metrics["confusion_matrix"], run.classes)}
     write_report(out, result, plots, title="medge evaluation", file_name="evaluation.md")
-    ci = metrics.get("auc_ci95")
-    log(f"{split} ({len(chosen)} images): AUC {_fmt(metrics['auc'])}"
-        + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
-        + f", accuracy {_fmt(metrics['accuracy'])}, sensitivity {_fmt(metrics['sensitivity'])}, "
-          f"specificity {_fmt(metrics['specificity'])}")
+    log(f"{split} ({len(chosen)} images): {summary_figures(metrics)}")
+    if metrics.get("auc_ci_note"):
+        log(f"  note: {metrics['auc_ci_note']}")
     return out
 
 
@@ -78,7 +78,3 @@ def pick_split(dataset: Dataset, split: str) -> Split:
     if split not in dataset.splits:
         raise InputError(f"{dataset.path}: has no {split!r} split (it has {', '.join(dataset.splits)}; use --split all)")
     return dataset.splits[split]
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medge import DISCLAIMER
+from medge.edge.about import DISCLAIMER
 
+from .evaluate import with_interval
 from .run import REPORT_FILE
 
 
@@ -13,18 +14,22 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def metrics_table(split: dict, classes: list[str]) -> list[str]:
-    ci = split.get("auc_ci95")
+    macro = " (macro)" if len(classes) > 2 else ""
     rows = [
         "| metric | value |", "|---|---|",
-        f"| AUC{' (macro)' if len(classes) > 2 else ''} | {_fmt(split.get('auc'))}"
-        + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "") + " |",
-        f"| accuracy | {_fmt(split.get('accuracy'))} |",
-        f"| sensitivity{' (macro)' if len(classes) > 2 else ''} | {_fmt(split.get('sensitivity'))} |",
-        f"| specificity{' (macro)' if len(classes) > 2 else ''} | {_fmt(split.get('specificity'))} |",
-        f"| precision (PPV) | {_fmt(split.get('precision'))} |",
+        f"| AUC{macro} | {with_interval(split, 'auc')} |",
+        f"| accuracy | {with_interval(split, 'accuracy')} |",
+        f"| sensitivity{macro} | {with_interval(split, 'sensitivity')} |",
+        f"| specificity{macro} | {with_interval(split, 'specificity')} |",
+        f"| precision (PPV) | {with_interval(split, 'precision')} |",
         f"| F1 | {_fmt(split.get('f1'))} |",
+        f"| calibration error (ECE) | {_fmt(split.get('ece'))} |",
         f"| images | {split.get('n')} |",
     ]
+    if split.get("auc_ci_note"):
+        rows += ["", f"Note: {split['auc_ci_note']}."]
+    if not macro:
+        rows += ["", "Intervals: AUC by case bootstrap; rates by the Wilson score method."]
     matrix = split.get("confusion_matrix")
     if matrix:
         rows += ["", "Confusion matrix (rows true, columns predicted):", "",
@@ -58,6 +63,8 @@ def write_report(out: Path, metrics: dict, plots: dict[str, str], title: str | N
     ]
     if metrics.get("training"):
         lines.append(f"- training time: {metrics['training']['seconds']} s on {metrics['training']['train_samples']} images")
+    if metrics.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- **WARNING:** {warning}" for warning in metrics["warnings"]]
     for split in ("test", "val"):
         if split in metrics:
             lines += ["", f"## {'Test' if split == 'test' else 'Validation'} results", ""] + metrics_table(metrics[split], classes)

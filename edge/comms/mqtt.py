@@ -8,13 +8,18 @@ process itself dies, the next start hands every stored row to paho again, in ord
 payload's own `id` never changes, so subscribers drop the duplicates QoS 1 allows.
 
 Status: `online` (retained) is published on every connect; `offline` (retained) is the last
-will, which the broker sends when the connection is lost abruptly, and is published
-explicitly on a clean shutdown.
+will, which the broker sends when the connection is lost abruptly (it carries `last_will` and
+`will_set_at` instead of a `ts`, see payloads.last_will_payload), and is published explicitly
+on a clean shutdown.
+
+`make_client` is the one paho client set-up (protocol, credentials, TLS, session) for the
+daemon, `edge check`, the dashboard, the monitor and the demo.
 """
 from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
 import time
 
@@ -23,7 +28,7 @@ import paho.mqtt.client as mqtt
 from ..config import EdgeConfig, MqttSettings
 from ..errors import ConfigError
 from ..outbox import Outbox
-from ..payloads import encode
+from ..payloads import encode, last_will_payload
 
 log = logging.getLogger("medge.edge.mqtt")
 
@@ -31,10 +36,15 @@ WINDOW = 100  # rows handed to paho at once; the rest wait on disk
 ACK_FLUSH_S = 0.05  # PUBACKs are deleted from the outbox in batches (one transaction each)
 
 
-def make_client(settings: MqttSettings, client_id: str) -> mqtt.Client:
-    """A paho client with the daemon's protocol version, credentials and TLS settings."""
+def make_client(settings: MqttSettings, client_id: str, persistent: bool = False) -> mqtt.Client:
+    """A paho client with the settings' protocol version, credentials and TLS files.
+
+    `persistent`: the broker keeps the session (and queues QoS 1 messages) while the client is
+    away; on MQTT 3.1.1 that is clean_session=False, on MQTT 5 the session expiry given to
+    `connect_async`."""
     protocol = mqtt.MQTTv5 if settings.mqtt_version == "5" else mqtt.MQTTv311
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+    extra = {} if protocol == mqtt.MQTTv5 else {"clean_session": not persistent}
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **extra)
     if settings.username:
         client.username_pw_set(settings.username, settings.resolved_password())
     if settings.tls:
@@ -51,6 +61,33 @@ def make_client(settings: MqttSettings, client_id: str) -> mqtt.Client:
     return client
 
 
+def connect_async(client: mqtt.Client, settings: MqttSettings, keepalive: int = 30,
+                  session_expiry_s: int = 0) -> None:
+    """Start connecting in the background (paho retries until it works); `session_expiry_s` > 0
+    asks an MQTT 5 broker to keep the session that long."""
+    if settings.mqtt_version != "5":
+        client.connect_async(settings.host, settings.port, keepalive=keepalive)
+        return
+    properties = None
+    if session_expiry_s:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = session_expiry_s
+    client.connect_async(settings.host, settings.port, keepalive=keepalive, clean_start=not session_expiry_s,
+                         properties=properties)
+
+
+def connect_failure() -> str:
+    """Inside paho's on_connect_fail: why the connection attempt failed. paho calls it from the
+    `except OSError` around its connect, so the exception is the one being handled."""
+    error = sys.exc_info()[1]
+    if error is None:
+        return "no answer"
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
 class Publisher:
     def __init__(self, config: EdgeConfig, outbox: Outbox, status_payload):
         """`status_payload(state, reason)` builds the medge.status/1 payload for online/offline."""
@@ -58,7 +95,6 @@ class Publisher:
         self.outbox = outbox
         self.status_payload = status_payload
         self.published = 0  # rows acknowledged by the broker since start
-        self.connects = 0
         self._lock = threading.Lock()
         self._inflight: dict[int, int] = {}  # MQTT mid -> outbox seq (None: not an outbox row)
         self._early_acks: dict[int, bool] = {}  # PUBACKs that beat publish() returning: mid -> ok
@@ -74,8 +110,7 @@ class Publisher:
     # ------------------------------------------------------------------ set-up
     def _make_client(self) -> mqtt.Client:
         client = make_client(self.config.mqtt, self.config.client_id)
-        client.will_set(self.config.topic("status"), encode(self.status_payload("offline", "connection lost")),
-                        qos=1, retain=True)
+        self._set_will(client)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -83,10 +118,16 @@ class Publisher:
         client.on_publish = self._on_publish
         return client
 
+    def _set_will(self, client: mqtt.Client) -> None:
+        # Registered again before every (re)connect, so its will_set_at is that connection's.
+        will = last_will_payload(self.status_payload("offline", "connection lost"))
+        client.will_set(self.config.topic("status"), encode(will), qos=1, retain=True)
+
     def start(self) -> None:
         settings = self.config.mqtt
-        log.info("connecting to %s (MQTT %s) as %s", settings.broker, settings.mqtt_version, self.config.client_id)
-        self.client.connect_async(settings.host, settings.port, keepalive=30)
+        log.info("connecting to %s (MQTT %s) as %s", settings.public_url, settings.mqtt_version,
+                 self.config.client_id)
+        connect_async(self.client, settings, keepalive=30)
         self.client.loop_start()
         self._thread = threading.Thread(target=self._run, name="medge-publisher", daemon=True)
         self._thread.start()
@@ -96,7 +137,6 @@ class Publisher:
         if reason_code.is_failure:
             self._problem(f"broker {self.config.mqtt.broker} refused the connection: {reason_code}")
             return
-        self.connects += 1
         self._last_problem = None
         log.info("connected to %s", self.config.mqtt.broker)
         self._connected.set()
@@ -104,12 +144,17 @@ class Publisher:
         self._wake.set()
 
     def _on_connect_fail(self, client, userdata):
-        self._problem(f"cannot reach broker {self.config.mqtt.broker}; results wait in the outbox")
+        self._problem(f"cannot reach broker {self.config.mqtt.public_url} ({connect_failure()}); "
+                      "results wait in the outbox")
+        self._set_will(client)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
         if self._connected.is_set() and not self._stopping.is_set():
-            log.warning("disconnected from %s (%s); results wait in the outbox", self.config.mqtt.broker, reason_code)
+            log.warning("disconnected from %s (%s); results wait in the outbox", self.config.mqtt.public_url,
+                        reason_code)
         self._connected.clear()
+        if not self._stopping.is_set():
+            self._set_will(client)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties=None):
         ok = not reason_code.is_failure

@@ -1,42 +1,39 @@
-"""Input sources of the edge daemon: one module each, all behind `base.Source`."""
+"""Input sources of the edge daemon: one module each, all behind `base.Source`, found by
+`registry.source_types()` (see base.SourceType for what a source module defines)."""
 from __future__ import annotations
 
-from .base import InputItem, Outcome, Source
+from ..errors import ConfigError
+from .base import InputItem, InputNotReady, Outcome, Source, SourceType
+from .registry import source_types
 
 
 def build_sources(config, on_event=None) -> list[Source]:
-    """The sources an `EdgeConfig` switches on. The DICOM receiver and camera modules are
-    imported only when configured, so a device without pynetdicom or a camera never needs them.
+    """The sources an `EdgeConfig` switches on.
 
-    `on_event(level, kind, message)` receives the sources' own events (camera lost, DICOM
-    association refused); the daemon publishes them on the error topic, named by source."""
+    `on_event(level, kind, message, source=name)` receives the sources' own events (camera
+    lost, DICOM association refused); the daemon publishes them on the error topic."""
     def events_of(name: str):
         if on_event is None:
             return None
         return lambda level, kind, message: on_event(level, kind, message, source=name)
 
     sources: list[Source] = []
-    if config.watch.dir is not None:
-        from .watch import WatchFolder
-
-        sources.append(WatchFolder(config.watch.dir, processed_dir=config.processed_dir,
-                                   rejected_dir=config.rejected_dir, stable_s=config.watch.stable_s,
-                                   poll_s=config.watch.poll_s, max_pixels=config.log.max_pixels))
-    if config.dicom.port is not None:
-        from ..errors import ConfigError
-
-        try:
-            from .dicom_receiver import DicomReceiver
-        except ImportError as error:
-            raise ConfigError(f"dicom.port: the DICOM receiver needs pip install 'medge[dicom]' ({error})") from None
-        sources.append(DicomReceiver(config.dicom.port, config.dicom.ae_title, config.dicom.allowed_callers,
-                                     max_pixels=config.log.max_pixels, on_event=events_of("dicom")))
-    if config.camera.src is not None:
-        from .camera import CameraSource
-
-        sources.append(CameraSource(config.camera.src, config.camera.fps, config.camera.roi,
-                                    on_event=events_of("camera")))
+    for source_type in source_types().values():
+        settings = config.source_settings[source_type.name]
+        if not source_type.enabled(settings):
+            continue
+        missing = source_type.missing_requirement()
+        if missing:
+            raise ConfigError(missing)
+        sources.append(source_type.build(settings, config, events_of(source_type.name)))
     return sources
 
 
-__all__ = ["InputItem", "Outcome", "Source", "build_sources"]
+def no_source_message() -> str:
+    """The ConfigError text for a configuration that switches no source on."""
+    switches = [source.switch_key for source in source_types().values()]
+    return f"{switches[0]}: no input source is configured (set {', '.join(switches)})"
+
+
+__all__ = ["InputItem", "InputNotReady", "Outcome", "Source", "SourceType", "build_sources", "no_source_message",
+           "source_types"]

@@ -18,16 +18,18 @@ import logging
 import re
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..checks import CheckResult
 from ..errors import ConfigError
 from ..frame_quality import REASONS, FrameQuality, QualityThresholds
 from ..preprocess import DecodedImage, to_display_pixels
-from .base import EventSink, InputItem, Outcome, Source, Submit
+from .base import EventSink, Flag, InputItem, Outcome, Source, SourceType, Submit
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,28 @@ def validate_roi(roi) -> tuple[int, int, int, int] | None:
     return x, y, width, height
 
 
+def validate_fps(fps) -> float:
+    if not fps or fps <= 0:
+        raise ConfigError(f"camera.fps: must be > 0, not {fps}")
+    return float(fps)
+
+
+@dataclass
+class CameraSettings:
+    """[camera] of edge.toml."""
+
+    src: str | None = None
+    fps: float = 1.0
+    roi: list[int] | None = None
+
+
+def validate_settings(settings: CameraSettings) -> None:
+    validate_fps(settings.fps)
+    validate_roi(settings.roi)
+    if settings.src is not None and not str(settings.src).strip():
+        raise ConfigError("camera.src: empty (a device index, an rtsp:// or http:// URL, or a video file)")
+
+
 class CameraSource(Source):
     name = "camera"
 
@@ -64,8 +88,7 @@ class CameraSource(Source):
         text = str(src).strip()
         if not text:
             raise ConfigError("camera.src: empty (a device index, an rtsp:// or http:// URL, or a video file)")
-        if not fps or fps <= 0:
-            raise ConfigError(f"camera.fps: must be > 0, not {fps}")
+        fps = validate_fps(fps)
         self.is_device = text.isdigit()
         self.is_url = text.lower().startswith(URL_SCHEMES)
         self.is_file = not (self.is_device or self.is_url) and Path(text).is_file()
@@ -288,3 +311,33 @@ class CameraSource(Source):
             self._last_error = message
         self.emit(level, kind, message)
 
+
+# ------------------------------------------------------------------------------ registration
+
+
+def build(settings: CameraSettings, config, on_event) -> CameraSource:
+    return CameraSource(settings.src, settings.fps, settings.roi, on_event=on_event)
+
+
+def check(settings: CameraSettings, config) -> CheckResult:
+    """The source opens (a stream answers, the device exists, the file is a video)."""
+    src = str(settings.src).strip()
+    capture = cv2.VideoCapture(int(src) if src.isdigit() else src, cv2.CAP_ANY,
+                               [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS])
+    try:
+        if not capture.isOpened():
+            return CheckResult.failed(f"camera.src {redact(src)!r} cannot be opened")
+        return CheckResult.passed(f"camera {redact(src)} opens")
+    finally:
+        capture.release()
+
+
+SOURCE = SourceType(
+    name="camera", settings=CameraSettings, switch="src", build=build, check=check, validate=validate_settings,
+    order=30,
+    flags=(
+        Flag("src", ("--camera",), "Camera: device index, stream URL or video file."),
+        Flag("fps", ("--fps",), "Camera frames classified per second."),
+        Flag("roi", ("--roi",), "Camera region of interest x,y,w,h.", default_help="the whole frame"),
+    ),
+)
