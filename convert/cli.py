@@ -6,12 +6,12 @@ from pathlib import Path
 import click
 
 from medge.edge.errors import InputError
+from medge.edge.quiet import quiet_native_logs
 
 from .explain_check import DEFAULT_MIN_CORRELATION
 from .explain_check import DEFAULT_SAMPLES as DEFAULT_HEATMAP_SAMPLES
 from .formats import FORMATS
 from .gate import GateFailed, GateLimits
-from .quiet import quiet_native_logs
 
 GATE_FAILED_EXIT = 3
 

@@ -64,7 +64,7 @@ def predict_command(bundle, images, runtime, threads, format_name, public_key, m
       medge predict bundles/pneumonia scans/*.dcm | jq .class
     """
     from .classify import Classifier
-    from .runtime import native_messages
+    from .quiet import quiet_native_logs
 
     loaded = load_bundle(bundle, public_key=public_key)
     if explain_dir is not None:
@@ -72,7 +72,7 @@ def predict_command(bundle, images, runtime, threads, format_name, public_key, m
             explain_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise InputError(f"--explain {explain_dir}: cannot create the folder ({error.strerror or error})") from None
-    with native_messages(shown=verbose):
+    with quiet_native_logs(enabled=not verbose):
         classifier = Classifier(loaded, runtime=None if runtime == "auto" else runtime, threads=threads,
                                 format=format_name)
     failed = 0

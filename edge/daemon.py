@@ -59,10 +59,10 @@ class EdgeDaemon:
             raise ConfigError(no_source_message())
         if classifier is None:
             bundle = load_bundle(config.bundle, trusted_keys=config.signature.trusted_keys)
-            from .runtime import native_messages
+            from .quiet import quiet_native_logs
 
             # No thread runs yet, so the runtime's own stderr lines (XNNPACK) can be hidden here.
-            with native_messages(shown=config.log.level == "DEBUG"):
+            with quiet_native_logs(enabled=config.log.level != "DEBUG"):
                 classifier = Classifier(bundle, runtime=config.runtime.runtime, threads=config.runtime.threads)
         self.classifier = classifier
         self.bundle = classifier.bundle

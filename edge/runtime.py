@@ -13,11 +13,8 @@ this code, so the figures it reports are the device's figures.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
-import os
-import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -41,31 +38,6 @@ _MODULES = {"litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_ru
 def runtimes_for(family: str) -> tuple[str, ...]:
     """The runtimes that can execute a model file of this family ("tflite", "onnx")."""
     return FAMILY_RUNTIMES.get(family, ())
-
-
-@contextlib.contextmanager
-def native_messages(shown: bool = False):
-    """Hide what the runtimes' C++ code prints straight to stderr ("INFO: Created TensorFlow Lite
-    XNNPACK delegate for CPU."), which no Python logging level reaches, unless `shown`.
-
-    It swaps file descriptor 2 for the duration, which affects every thread: use it around
-    model loading in single-threaded commands (`medge predict`), not inside the daemon."""
-    if shown:
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no usable stderr: nothing to hide
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def available_runtimes() -> list[str]:

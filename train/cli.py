@@ -78,7 +78,7 @@ def train_command(data, quiet, verbose, classes, filters, augment, channels, **o
         raise ConfigError(_as_flag(str(error))) from None
     except TypeError as error:  # pragma: no cover - a programming error, not user input
         raise ConfigError(str(error)) from None
-    from medge.convert.quiet import quiet_native_logs
+    from medge.edge.quiet import quiet_native_logs
 
     # TensorFlow's import-time absl/cudart lines are nothing a user can act on.
     with quiet_native_logs(enabled=not verbose):
@@ -131,7 +131,7 @@ def evaluate_command(run, data, split, labels_csv, threshold, out, bootstrap, cl
     evaluation.json, ROC and confusion-matrix plots and evaluation.md. Not for diagnostic use.
     """
     class_map = parse_class_map(class_map)
-    from medge.convert.quiet import quiet_native_logs
+    from medge.edge.quiet import quiet_native_logs
 
     with quiet_native_logs(enabled=not verbose):
         from .reevaluate import evaluate_run

@@ -3,9 +3,13 @@
 TensorFlow's C++ core prints absl/cudart lines on import, the MLIR quantizer prints
 "fully_quantize: 0, inference_type: 6, ..." straight onto file descriptor 2 (through the
 middle of a progress bar), LiteRT announces its XNNPACK delegate: nothing a user can act on,
-and none of it goes through Python, so TF_CPP_MIN_LOG_LEVEL alone does not stop it. While
-converting, fd 2 points at /dev/null and Python's own stderr (progress bars, medge's messages,
-tracebacks) is moved to a duplicate of the real one. `medge convert --verbose` keeps it all.
+and none of it goes through Python, so TF_CPP_MIN_LOG_LEVEL alone does not stop it. Inside
+the block, fd 2 points at /dev/null and Python's own stderr (progress bars, medge's messages,
+tracebacks) is moved to a duplicate of the real one. `--verbose` (convert, train, evaluate,
+predict) or log level DEBUG (the daemon) keeps it all.
+
+Swapping fd 2 affects every thread: use it around single-threaded steps (a conversion, loading
+a model before the daemon starts its threads), not around the running daemon.
 """
 from __future__ import annotations
 
