@@ -8,7 +8,7 @@ import click
 from medge.edge.errors import InputError
 from medge.edge.quiet import quiet_native_logs
 
-from .explain_check import DEFAULT_MIN_CORRELATION
+from .explain_check import ADVISORY_CORRELATION
 from .explain_check import DEFAULT_SAMPLES as DEFAULT_HEATMAP_SAMPLES
 from .formats import FORMATS
 from .gate import GateFailed, GateLimits
@@ -49,8 +49,9 @@ def _split(text: str | None) -> tuple[str, ...]:
               help="p-value under which a change beyond its tolerance is real, not chance (1 = fixed tolerances).")
 @click.option("--bootstrap", type=click.IntRange(0), default=GateLimits.bootstrap, show_default=True,
               help="Paired resamples for the 95% intervals and the AUC test (0 = none: tolerances strict).")
-@click.option("--min-heatmap-correlation", type=click.FloatRange(-1, 1), default=DEFAULT_MIN_CORRELATION,
-              show_default=True, help="Floor of the mean int8-vs-float occlusion heatmap correlation.")
+@click.option("--min-heatmap-correlation", type=click.FloatRange(-1, 1), default=None,
+              help="Fail the gate below this mean int8-vs-float occlusion heatmap correlation. Default: "
+                   f"compared, recorded and warned about below {ADVISORY_CORRELATION}, never a failure.")
 @click.option("--heatmap-samples", type=click.IntRange(0), default=DEFAULT_HEATMAP_SAMPLES, show_default=True,
               help="Gate images whose heatmaps are compared (0 = no heatmap check).")
 @click.option("--sign-key", type=click.Path(path_type=Path), help="Ed25519 private key (medge keys generate) to sign the bundle.")

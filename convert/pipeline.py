@@ -27,8 +27,8 @@ from medge.edge.payloads import utc_now
 from medge.edge.runtime import create_predictor, to_probabilities
 
 from .calibration import calibration_samples
-from .explain_check import DEFAULT_MIN_CORRELATION, check_heatmaps, heatmap_agreement
 from .explain_check import DEFAULT_SAMPLES as DEFAULT_HEATMAP_SAMPLES
+from .explain_check import check_heatmaps, heatmap_agreement, heatmap_warning
 from .formats import ExportContext, Format, parse_formats
 from .gate import GateFailed, GateLimits, check, classification_metrics, compare, judge, median_latency_ms
 from .head import split_output_activation
@@ -64,7 +64,7 @@ class ConvertConfig:
     progress: bool = True
     seed: int = 0
     # Explanation check (convert/explain_check.py): int8 vs float occlusion heatmaps.
-    min_heatmap_correlation: float = DEFAULT_MIN_CORRELATION
+    min_heatmap_correlation: float | None = None  # None: compared, recorded, warned about; never fails
     heatmap_samples: int = DEFAULT_HEATMAP_SAMPLES  # 0 = not checked
 
 
@@ -128,6 +128,8 @@ def convert(config: ConvertConfig, log=print) -> ConversionResult:
                     + (f", heatmap r {record['heatmap_correlation']:.3f}" if record.get("heatmap_correlation") is not None
                        else "")
                     + ("" if record["passed"] else "  FAILED"))
+                if record.get("heatmap_warning"):
+                    log(f"  WARNING {fmt.name}: {record['heatmap_warning']}")
         report = _report(run, config, data_label, len(y_eval), reference, records, failures)
         (staging / REPORT_NAME).write_text(_json(report))
         from .plots import comparison_plot
@@ -264,6 +266,7 @@ def convert_one(fmt: Format, context: ExportContext, staging: Path, manifest_bas
                                          run.task, run.positive_class, samples=config.heatmap_samples))
         metrics["min_heatmap_correlation"] = config.min_heatmap_correlation
         failures += check_heatmaps(metrics, config.min_heatmap_correlation)
+        metrics["heatmap_warning"] = heatmap_warning(metrics)
     params = run.metrics.get("model", {}).get("params")
     return {
         "format": fmt.name,
@@ -324,7 +327,8 @@ def _manifest_base(run, config: ConvertConfig) -> Manifest:
 def _manifest_artifact(record: dict) -> ModelFile:
     gate_keys = ("auc", "auc_delta", "accuracy", "sensitivity", "specificity", "agreement",
                  "max_abs_score_diff", "mean_abs_score_diff", "latency_ms", "tests",
-                 "heatmap_correlation", "heatmap_correlation_min", "heatmap_images", "min_heatmap_correlation")
+                 "heatmap_correlation", "heatmap_correlation_min", "heatmap_images", "min_heatmap_correlation",
+                 "heatmap_warning")
     return ModelFile(file=record["file"], format=record["format"], runtime=record["runtime"],
                      sha256=record["sha256"], size_bytes=record["size_bytes"],
                      input=TensorInfo.from_dict(record["input"]), output=TensorInfo.from_dict(record["output"]),

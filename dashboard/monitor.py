@@ -68,6 +68,16 @@ def render(state: DashboardState, results: int = 10, alerts: int = 5, errors: in
                         f"{_ms(latency['p50'])}/{_ms(latency['p95'])}", str(dev["results"]), str(dev["positives"]),
                         str(dev["errors"]))
 
+    pacs_lines = Text()
+    for dev in snap["devices"]:
+        pacs = dev["pacs"]
+        if pacs:  # only devices whose heartbeat carries pacs_* counters (docs/pacs.md)
+            line = (f"PACS {dev['key']}: {pacs['delivered']} delivered, {pacs['queued']} queued, "
+                    f"{pacs['refused']} refused, {pacs['unwritable']} unwritable")
+            if pacs["queued"] and pacs["last_event"] == "pacs_down":
+                line += " (PACS down)"
+            pacs_lines.append(("\n" if pacs_lines else "") + line, style="bold yellow" if pacs["warning"] else "")
+
     feed = Table(title="Last results", expand=True, title_justify="left")
     for column in ("Time", "Device", "Class", "Score", "Threshold", "Model"):
         feed.add_column(column)
@@ -78,7 +88,7 @@ def render(state: DashboardState, results: int = 10, alerts: int = 5, errors: in
                      "-" if row["score"] is None else f"{row['score']:.3f}",
                      "-" if row["threshold"] is None else f"{row['threshold']:.3f}", row["model"])
 
-    parts = [Panel(header), devices, feed]
+    parts = [Panel(header), devices, *([pacs_lines] if pacs_lines else []), feed]
     if snap["alerts"]:
         alert_table = Table(title="Alerts", expand=True, title_justify="left", show_header=False)
         for alert in reversed(snap["alerts"][-alerts:]):

@@ -27,6 +27,7 @@ CHART_MINUTES = 30
 RECENT = 200  # results kept per device for throughput and latency
 MAX_TEXT = 300  # characters of any one text a device sent that the page receives
 MAX_ITEMS = 20  # entries of any one list or object a device sent that the page receives
+PACS_COUNTERS = ("pacs_delivered", "pacs_queued", "pacs_refused", "pacs_unwritable", "pacs_writing", "pacs_retries")
 
 
 def bounded(value, depth: int = 4):
@@ -64,6 +65,7 @@ class DeviceState:
     threshold: float | None = None
     score_bins: list = field(default_factory=lambda: [0] * SCORE_BINS)
     recent: deque = field(default_factory=lambda: deque(maxlen=RECENT))  # (received, total_ms)
+    pacs_event: str | None = None  # kind of the last error event with source "pacs" (edge/pacs)
 
     @property
     def key(self) -> str:
@@ -93,6 +95,19 @@ class DeviceState:
         pick = lambda q: totals[min(len(totals) - 1, int(round(q * (len(totals) - 1))))]  # noqa: E731
         return {"p50": pick(0.5), "p95": pick(0.95), "from": "results"}
 
+    def pacs(self) -> dict | None:
+        """PACS delivery from the heartbeat's pacs_* counters (docs/pacs.md); None without them.
+        `warning`: results are piling up while the PACS is down (its last event was pacs_down),
+        or some were refused for good or could not be written."""
+        counters = (self.heartbeat or {}).get("counters") or {}
+        if not any(name in counters for name in PACS_COUNTERS):
+            return None
+        pacs = {name.removeprefix("pacs_"): counters.get(name, 0) for name in PACS_COUNTERS}
+        pacs["last_event"] = self.pacs_event
+        pacs["warning"] = bool((pacs["queued"] > 0 and self.pacs_event == "pacs_down")
+                               or pacs["refused"] > 0 or pacs["unwritable"] > 0)
+        return pacs
+
     def to_dict(self, now: float, stale_after_s: float) -> dict:
         last_minute = sum(1 for received, _ in self.recent if received >= now - 60)
         stale = (self.state == "online" and self.last_heartbeat is not None
@@ -107,7 +122,7 @@ class DeviceState:
             "uptime_s": heartbeat.get("uptime_s"), "counters": heartbeat.get("counters"),
             "results": self.results, "positives": self.positives, "errors": self.errors,
             "per_minute": last_minute, "latency_ms": self.latency(), "last_result": self.last_result,
-            "threshold": self.threshold, "score_bins": list(self.score_bins),
+            "threshold": self.threshold, "score_bins": list(self.score_bins), "pacs": self.pacs(),
         }
 
 
@@ -197,6 +212,8 @@ class DashboardState:
                 self.totals["invalid" if event.kind == INVALID else "errors"] += 1
                 if dev:
                     dev.errors += 1
+                    if (event.payload or {}).get("source") == "pacs":
+                        dev.pacs_event = bounded(event.payload.get("kind"))
                 changes.append(("error_entry", row))
             for alert in self.rules.check(event, previous_state):
                 self.alerts.append(alert)

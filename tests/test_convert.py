@@ -205,7 +205,9 @@ def test_ensemble_converts_as_one_model(tmp_path):
     from tests.fixtures.models import quick_config
 
     run = train(quick_config(out=tmp_path / "run", ensemble=2, epochs=1, limit=400, name="ensemble-cnn"))
-    out = convert_run(run, tmp_path / "bundle", "tflite-int8,onnx-f32")
+    # One epoch gives occlusion maps that are noise on the int8 probability grid (an ensemble
+    # cannot end at the logits): this test is about the file's structure, not its heatmaps.
+    out = convert_run(run, tmp_path / "bundle", "tflite-int8,onnx-f32", heatmap_samples=0)
     bundle = load_bundle(out)
     assert sorted(p.name for p in out.glob("model*")) == ["model_f32.onnx", "model_int8.tflite"]
     report = json.loads((out / REPORT_NAME).read_text())

@@ -5,7 +5,15 @@ import json
 from playwright.sync_api import expect
 
 from medge import DISCLAIMER
-from tests.fixtures.dashboard import MODEL, DeviceProcess, error_payload, result_payload, status_payload
+from tests.fixtures.dashboard import (
+    MODEL,
+    DeviceProcess,
+    error_payload,
+    pacs_event_payload,
+    pacs_heartbeat_payload,
+    result_payload,
+    status_payload,
+)
 
 TIMEOUT_MS = 15_000
 
@@ -112,3 +120,42 @@ def test_a_dashboard_restart_keeps_the_history_on_the_page(broker, publisher, da
     expect(card(page, "ward/us-1").locator(".badge")).to_have_text("offline", timeout=TIMEOUT_MS)
     expect(card(page, "ward/us-1")).to_contain_text("shutdown")
     assert page.console_errors == []
+
+
+def test_pacs_delivery_shows_on_the_device_card_with_a_warning_while_the_pacs_is_down(broker, publisher, dashboard,
+                                                                                      page):
+    plain = DeviceProcess(broker.port, "icu", "xr-1")  # heartbeats without pacs_* counters
+    publisher.send("status", status_payload("ward", "us-1", "online"), retain=True)
+    publisher.send("heartbeat", pacs_heartbeat_payload("ward", "us-1", delivered=12, queued=0))
+    page.goto(dashboard.url)
+    pacs = card(page, "ward/us-1").locator("dd.pacs")
+    expect(pacs).to_have_text("12 delivered, 0 queued, 0 refused", timeout=TIMEOUT_MS)
+    expect(pacs).to_have_attribute("data-warning", "false")
+    expect(card(page, "ward/us-1").locator("dt", has_text="PACS")).to_have_count(1)
+
+    # the PACS goes away: results queue up and the card warns, live
+    publisher.send("error", pacs_event_payload("ward", "us-1", "pacs_down", "PACS: connection refused; 3 queued"))
+    publisher.send("heartbeat", pacs_heartbeat_payload("ward", "us-1", delivered=12, queued=3))
+    expect(pacs).to_have_text("12 delivered, 3 queued, 0 refused · PACS down", timeout=TIMEOUT_MS)
+    expect(pacs).to_have_attribute("data-warning", "true")
+    expect(pacs).to_have_class("pacs pacs-warning")
+    expect(pacs).to_have_css("font-weight", "700")
+
+    # back: the backlog is delivered and the warning goes
+    publisher.send("error", pacs_event_payload("ward", "us-1", "pacs_up", "PACS: reachable again, 3 delivered"))
+    publisher.send("heartbeat", pacs_heartbeat_payload("ward", "us-1", delivered=15, queued=0))
+    expect(pacs).to_have_text("15 delivered, 0 queued, 0 refused", timeout=TIMEOUT_MS)
+    expect(pacs).to_have_attribute("data-warning", "false")
+
+    # a refusal for good or an unwritable input warns whatever the PACS's state
+    publisher.send("heartbeat", pacs_heartbeat_payload("ward", "us-1", delivered=15, queued=0, refused=1, unwritable=2))
+    expect(pacs).to_have_text("15 delivered, 0 queued, 1 refused, 2 unwritable", timeout=TIMEOUT_MS)
+    expect(pacs).to_have_attribute("data-warning", "true")
+
+    # a device without PACS counters has no PACS line
+    expect(card(page, "icu/xr-1").locator(".badge")).to_have_text("online")
+    expect(card(page, "icu/xr-1")).to_contain_text("3 processed")
+    expect(card(page, "icu/xr-1").locator("dd.pacs")).to_have_count(0)
+    expect(card(page, "icu/xr-1").locator("dt", has_text="PACS")).to_have_count(0)
+    assert page.console_errors == []
+    plain.kill()

@@ -212,13 +212,34 @@ def test_the_secondary_capture_sent_to_the_pacs_shows_the_heatmap(tmp_path, brok
 
 def test_the_conversion_gate_records_the_heatmap_correlation(converted_int8_bundle):
     manifest = json.loads((converted_int8_bundle / "medge.json").read_text())
+    from medge.convert.explain_check import ADVISORY_CORRELATION
+    from tests.fixtures.bundles import FIXTURE_HEATMAP_FLOOR
+
     gate = manifest["artifacts"][0]["gate"]
     assert gate["heatmap_images"] > 0
-    assert gate["min_heatmap_correlation"] == 0.9
+    assert ADVISORY_CORRELATION == 0.9  # issue 13's figure: below it `medge convert` warns
+    assert gate["min_heatmap_correlation"] == FIXTURE_HEATMAP_FLOOR  # the floor it was converted with
     assert gate["heatmap_correlation"] >= gate["min_heatmap_correlation"]
     assert -1.0 <= gate["heatmap_correlation_min"] <= gate["heatmap_correlation"]
     report = json.loads((converted_int8_bundle / "conversion_report.json").read_text())
     assert report["artifacts"][0]["heatmap_correlation"] == pytest.approx(gate["heatmap_correlation"])
+
+
+def test_by_default_loose_heatmaps_are_a_warning_not_a_refusal(multiclass_run, tmp_path):
+    """A weak multi-class model's int8 heatmaps follow the float ones loosely (r ~0.87 on this
+    fixture) while its decisions agree: convert records it and warns, and still ships."""
+    from tests.fixtures.bundles import convert_run
+
+    messages = []
+    out = convert_run(multiclass_run, tmp_path / "bundle", "tflite-int8", min_heatmap_correlation=None,
+                      log=messages.append)
+    gate = json.loads((out / "medge.json").read_text())["artifacts"][0]["gate"]
+    assert gate["min_heatmap_correlation"] is None
+    if gate["heatmap_correlation"] < 0.9:
+        assert "heatmaps: int8 vs float correlation" in gate["heatmap_warning"]
+        assert any("WARNING tflite-int8: heatmaps" in m for m in messages)
+    else:
+        assert gate["heatmap_warning"] is None
 
 
 def test_a_heatmap_floor_above_what_int8_reaches_fails_the_gate(trained_run, tmp_path):

@@ -6,7 +6,13 @@ import sys
 import time
 
 from medge import DISCLAIMER
-from tests.fixtures.dashboard import DeviceProcess, error_payload, result_payload
+from tests.fixtures.dashboard import (
+    DeviceProcess,
+    error_payload,
+    pacs_event_payload,
+    pacs_heartbeat_payload,
+    result_payload,
+)
 
 
 def start_monitor(broker, *args):
@@ -57,14 +63,18 @@ def test_the_terminal_view_shows_devices_results_and_alerts(broker, publisher):
         publisher.send("result", result_payload("er", "xr-2", 0.95))
         publisher.send("result", result_payload("er", "xr-2", 0.05))
         publisher.raw("medge/er/xr-2/error", b"{}")
+        publisher.send("error", pacs_event_payload("ward", "us-1", "pacs_down", "PACS: connection refused"))
+        publisher.send("heartbeat", pacs_heartbeat_payload("ward", "us-1", delivered=12, queued=3))
         out, _ = monitor.communicate(timeout=30)
     finally:
         device.kill()
     assert monitor.returncode == 0
     assert DISCLAIMER in " ".join(out.split())
     for expected in ("er/xr-2", "online", "pneumonia-cnn 1.0.0", "pneumonia", "0.950", "normal", "0.050",
-                     "Positive finding", "unknown schema version None on error topic", "results 2", "positives 1"):
+                     "Positive finding", "unknown schema version None on error topic", "results 2", "positives 1",
+                     "PACS ward/us-1: 12 delivered, 3 queued, 0 refused, 0 unwritable (PACS down)"):
         assert expected in out, expected
+    assert "PACS er/xr-2" not in out  # its heartbeats carry no pacs_* counters
 
 
 def test_a_dead_broker_is_named_with_its_reason_and_timeout_exits_non_zero():

@@ -215,11 +215,23 @@ function renderDevices() {
         el("dt", {text: "Latency p50/p95"}), el("dd", {text: `${fmtMs(latency.p50)} / ${fmtMs(latency.p95)}`}),
         el("dt", {text: "Device counters"}),
         el("dd", {text: `${counters.processed ?? "–"} processed · ${counters.rejected ?? "–"} rejected · ${counters.queued ?? "–"} queued`}),
+        ...pacsLine(dev.pacs),
         el("dt", {text: "Last result"}), el("dd", {class: last && last.positive ? "last-positive" : null, text: lastText}),
         el("dt", {text: "Findings"}), el("dd", {text: `${dev.positives} positive · ${plural(dev.errors, "error")}`}),
         dev.state === "offline" ? el("dt", {text: "Offline since"}) : null,
         dev.state === "offline" ? el("dd", {text: `${fmtTime(dev.state_since)} (${dev.reason || "no reason"})`}) : null));
   }));
+}
+
+// PACS delivery (edge/pacs), only for devices whose heartbeat carries pacs_* counters;
+// the server decides `warning` (dashboard/state.py) so the page and `medge monitor` agree.
+function pacsLine(pacs) {
+  if (!pacs) return [];
+  let text = `${pacs.delivered} delivered, ${pacs.queued} queued, ${pacs.refused} refused`;
+  if (pacs.unwritable) text += `, ${pacs.unwritable} unwritable`;
+  if (pacs.queued && pacs.last_event === "pacs_down") text += " · PACS down";
+  return [el("dt", {text: "PACS"}),
+    el("dd", {class: `pacs${pacs.warning ? " pacs-warning" : ""}`, "data-warning": pacs.warning ? "true" : "false", text})];
 }
 
 function tickAges() {
