@@ -113,6 +113,17 @@ def open_outbox(path: str | Path, max_messages: int = 10000) -> tuple[Outbox, Re
     return outbox, rebuild
 
 
+def connect_durable(path: Path, schema: str) -> sqlite3.Connection:
+    """A connection for a store whose commits must survive power loss before the input is
+    released (this outbox, the PACS delivery queue): WAL, synchronous=FULL, autocommit mode so
+    callers open their own BEGIN IMMEDIATE transactions, shareable across threads under a lock."""
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(schema)
+    return db
+
+
 class Outbox:
     def __init__(self, path: str | Path, max_messages: int = 10000):
         self.path = Path(path)
@@ -121,10 +132,7 @@ class Outbox:
         self._lock = threading.Lock()
         # One connection shared by the worker and the publisher thread, serialised by the lock:
         # SQLite serialises writers anyway, and one connection keeps the WAL checkpointing simple.
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = connect_durable(self.path, SCHEMA)
         self.dropped = 0  # error events dropped to make room, since start
 
     # ------------------------------------------------------------------ writing

@@ -17,11 +17,12 @@ carry it by necessity), so it is created readable by the daemon's user only.
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..outbox import connect_durable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -79,10 +80,7 @@ class DeliveryQueue:
             # Created 0600 before SQLite opens it: the objects name the patient.
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = connect_durable(self.path, SCHEMA)
 
     def add(self, objects: list[tuple[str, str, bytes]], targets: list[str]) -> int:
         """Store (sop_uid, kind, dicom) for every target in one durable transaction; returns how
