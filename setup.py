@@ -12,6 +12,7 @@ ROOTS = {
     "medge.train": "train",
     "medge.convert": "convert",
     "medge.dashboard": "dashboard",
+    "medge.fleet": "fleet",
 }
 
 packages, package_dir = [], {}

@@ -26,6 +26,7 @@ COMMANDS = {
     "dashboard": "medge.dashboard.cli:dashboard_command",
     "monitor": "medge.dashboard.cli:monitor_command",
     "demo": "medge.demo:demo_command",
+    "fleet": "medge.fleet.cli:fleet_group",
 }
 
 

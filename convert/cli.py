@@ -12,6 +12,7 @@ from .explain_check import ADVISORY_CORRELATION
 from .explain_check import DEFAULT_SAMPLES as DEFAULT_HEATMAP_SAMPLES
 from .formats import FORMATS
 from .gate import GateFailed, GateLimits
+from .ood_check import OodLimits
 
 GATE_FAILED_EXIT = 3
 
@@ -45,6 +46,10 @@ def _split(text: str | None) -> tuple[str, ...]:
               show_default=True)
 @click.option("--cap-agreement", type=click.FloatRange(0, 1), default=GateLimits.cap_agreement, show_default=True,
               help="Absolute floor of the decision agreement.")
+@click.option("--max-ece-increase", type=click.FloatRange(0), default=GateLimits.max_ece_increase, show_default=True,
+              help="Tolerated rise of the calibration error (ECE, 15 bins) over the float model's (paired bootstrap).")
+@click.option("--cap-ece-increase", type=click.FloatRange(0), default=GateLimits.cap_ece_increase, show_default=True,
+              help="Absolute cap on the ECE rise.")
 @click.option("--significance", type=click.FloatRange(0, 1), default=GateLimits.significance, show_default=True,
               help="p-value under which a change beyond its tolerance is real, not chance (1 = fixed tolerances).")
 @click.option("--bootstrap", type=click.IntRange(0), default=GateLimits.bootstrap, show_default=True,
@@ -61,14 +66,25 @@ def _split(text: str | None) -> tuple[str, ...]:
 @click.option("--body-part", metavar="LIST", help="Declared scope, e.g. CHEST.")
 @click.option("--latency-runs", type=click.IntRange(1), default=50, show_default=True,
               help="Single-image calls timed per artifact and thread count.")
+@click.option("--ood", "ood_mode", type=click.Choice(("refuse", "warn", "off")), default="refuse", show_default=True,
+              help="Out-of-distribution guard: fit its reference and fail the gate under its floors (refuse), "
+                   "only report them (warn), or no guard (off).")
+@click.option("--ood-acceptance", type=click.FloatRange(0.5, 1, max_open=True), default=OodLimits.acceptance,
+              show_default=True, help="Share of validation images the OOD threshold keeps.")
+@click.option("--min-ood-auroc", type=click.FloatRange(0, 1), default=OodLimits.min_auroc, show_default=True,
+              help="Floor on the OOD AUROC of each OOD set (modalities, other dataset, constant, noise, gradient).")
+@click.option("--min-ood-auroc-transformed", type=click.FloatRange(0, 1), default=OodLimits.min_auroc_transformed,
+              show_default=True, help="Floor on the OOD AUROC of rotated, inverted and cropped in-distribution images.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--verbose", "-v", is_flag=True, help="Show TensorFlow's and the converters' own log lines.")
 def convert_command(run, out, int8, onnx, formats, calibration_samples, calibration_data, data, max_auc_drop,
                     max_sensitivity_drop, max_specificity_drop, min_agreement, cap_auc_drop, cap_sensitivity_drop,
-                    cap_specificity_drop, cap_agreement, significance, bootstrap, min_heatmap_correlation,
+                    cap_specificity_drop, cap_agreement, max_ece_increase, cap_ece_increase, significance, bootstrap,
+                    min_heatmap_correlation,
                     heatmap_samples, sign_key, name, model_version,
-                    modality, body_part, latency_runs, force, quiet, verbose):
+                    modality, body_part, latency_runs, ood_mode, ood_acceptance, min_ood_auroc,
+                    min_ood_auroc_transformed, force, quiet, verbose):
     """Convert training run RUN into a verified model bundle (int8 TFLite / ONNX).
 
     Every converted file is evaluated on the edge runtime against the float model, on the
@@ -91,10 +107,13 @@ def convert_command(run, out, int8, onnx, formats, calibration_samples, calibrat
                           max_specificity_drop=max_specificity_drop, min_agreement=min_agreement,
                           cap_auc_drop=cap_auc_drop, cap_sensitivity_drop=cap_sensitivity_drop,
                           cap_specificity_drop=cap_specificity_drop, cap_agreement=cap_agreement,
+                          max_ece_increase=max_ece_increase, cap_ece_increase=cap_ece_increase,
                           significance=significance, bootstrap=bootstrap), sign_key=sign_key, name=name,
         version=model_version, modalities=_split(modality), body_parts=_split(body_part), latency_runs=latency_runs,
         force=force, progress=not quiet, min_heatmap_correlation=min_heatmap_correlation,
-        heatmap_samples=heatmap_samples)
+        heatmap_samples=heatmap_samples,
+        ood=OodLimits(mode=ood_mode, acceptance=ood_acceptance, min_auroc=min_ood_auroc,
+                      min_auroc_transformed=min_ood_auroc_transformed))
     log = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
     try:
         with quiet_native_logs(enabled=not verbose):

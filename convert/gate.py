@@ -45,6 +45,9 @@ class GateLimits:
     cap_sensitivity_drop: float = 0.03
     cap_specificity_drop: float = 0.05
     cap_agreement: float = 0.95  # a floor: agreement under it always fails
+    # Calibration (convert/calibration_gate.py): int8 ECE minus float ECE, both calibrated.
+    max_ece_increase: float = 0.01
+    cap_ece_increase: float = 0.03
     significance: float = 0.05
     bootstrap: int = 1000  # paired resamples for the AUC interval (0 = no test: tolerances are strict)
 

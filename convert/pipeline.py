@@ -24,15 +24,18 @@ from medge.edge.errors import InputError
 from medge.edge.folders import replaceable
 from medge.edge.manifest import Applicability, GateRecord, Manifest, ModelFile, ModelInfo, TensorInfo
 from medge.edge.payloads import utc_now
-from medge.edge.runtime import create_predictor, to_probabilities
+from medge.edge.runtime import calibrated_probabilities, create_predictor
 
 from .calibration import calibration_samples
+from .decode_check import check_decode, decode_agreement
 from .explain_check import DEFAULT_SAMPLES as DEFAULT_HEATMAP_SAMPLES
 from .explain_check import check_heatmaps, heatmap_agreement, heatmap_warning
 from .formats import ExportContext, Format, parse_formats
 from .gate import GateFailed, GateLimits, check, classification_metrics, compare, judge, median_latency_ms
 from .head import split_output_activation
 from .metadata import embed_metadata, model_metadata
+from .ood_check import OodLimits, default_full_size, default_other_datasets, run_ood_check
+from .ood_reference import with_features
 from .progress import progress_task
 
 PLOT_NAME = "comparison.png"
@@ -66,6 +69,8 @@ class ConvertConfig:
     # Explanation check (convert/explain_check.py): int8 vs float occlusion heatmaps.
     min_heatmap_correlation: float | None = None  # None: compared, recorded, warned about; never fails
     heatmap_samples: int = DEFAULT_HEATMAP_SAMPLES  # 0 = not checked
+    # Out-of-distribution guard (convert/ood_check.py): reference, threshold and its gate floors.
+    ood: OodLimits = field(default_factory=OodLimits)
 
 
 @dataclass
@@ -112,25 +117,44 @@ def convert(config: ConvertConfig, log=print) -> ConversionResult:
     records, failures = [], []
     try:
         with tempfile.TemporaryDirectory(prefix="medge-convert-") as workdir:
-            float_context = ExportContext(model=model, workdir=Path(workdir) / "float", calibration=calibration)
+            # With the OOD guard on, every exported file gives its penultimate features as a second output.
+            def exported(keras_model):
+                return (with_features(keras_model) if config.ood.mode != "off" else None) or keras_model
+
+            float_context = ExportContext(model=exported(model), workdir=Path(workdir) / "float",
+                                          calibration=calibration)
             integer_context = float_context
             if calibration is not None:
                 logits_model, activation = split_output_activation(model)
-                integer_context = ExportContext(model=logits_model, workdir=Path(workdir) / "integer",
+                integer_context = ExportContext(model=exported(logits_model), workdir=Path(workdir) / "integer",
                                                 calibration=calibration, output_activation=activation)
             for fmt in formats:
                 context = integer_context if fmt.calibrated else float_context
                 record = convert_one(fmt, context, staging, manifest_base, x_eval, y_eval, reference, run, config)
+                if len(context.model.outputs) > 1:
+                    record["ood_features"] = True
                 records.append(record)
                 failures += [f"{fmt.name}: {failure}" for failure in record["failures"]]
                 log(f"  {fmt.name}: {record['size_bytes'] / 1024:.1f} KiB in {record['conversion_s']:.1f} s, "
                     f"AUC {record['auc']:.4f} ({record['auc_delta']:+.4f}), agreement {record['agreement']:.2%}"
+                    + (f", ECE {record['calibration_check']['ece']:.3f} (float "
+                       f"{record['calibration_check']['ece_reference']:.3f})" if record.get("calibration_check") else "")
                     + (f", heatmap r {record['heatmap_correlation']:.3f}" if record.get("heatmap_correlation") is not None
                        else "")
                     + ("" if record["passed"] else "  FAILED"))
                 if record.get("heatmap_warning"):
                     log(f"  WARNING {fmt.name}: {record['heatmap_warning']}")
+        ood_section, ood_report, ood_failures = run_ood_check(
+            run, run_dataset(), model, staging, records, config.ood, default_other_datasets(run), default_full_size(run))
+        failures += ood_failures
+        if ood_report.get("auroc"):
+            log("  ood: AUROC " + ", ".join(f"{k} {v:.3f}" for k, v in ood_report["auroc"].items())
+                + f"; acceptance test {ood_report['test_acceptance']:.1%}"
+                + (f", full-size {ood_report['full_size_acceptance']:.0%}" if "full_size_acceptance" in ood_report else ""))
+        for failure in ood_report.get("failures", []) if config.ood.mode == "warn" else []:
+            log(f"  WARNING {failure}")
         report = _report(run, config, data_label, len(y_eval), reference, records, failures)
+        report["ood"] = ood_report
         (staging / REPORT_NAME).write_text(_json(report))
         from .plots import comparison_plot
 
@@ -156,6 +180,13 @@ def convert(config: ConvertConfig, log=print) -> ConversionResult:
     manifest = replace(manifest_base, artifacts=tuple(_manifest_artifact(record) for record in records),
                        gate=GateRecord(limits=config.limits.to_dict(), data=data_label, n_images=int(len(y_eval)),
                                        reference=clean_json(report["reference"])))
+    from .selftest import add_self_test, self_test_candidates  # the on-device self-test's reference set
+
+    manifest = replace(manifest, ood=clean_json(ood_section))  # before the self-test, which loads the bundle
+    manifest = add_self_test(staging, manifest, self_test_candidates(run_dataset, x_eval))
+    from .drift_reference import add_drift_reference  # edge/drift.py's reference, by the bundle's own model
+
+    manifest = add_drift_reference(staging, manifest, run_dataset)
     write_manifest(staging, manifest, private_key=config.sign_key)
     if out.exists():
         shutil.rmtree(out)
@@ -208,14 +239,16 @@ def _calibration(run, config: ConvertConfig, run_dataset) -> np.ndarray:
 
 
 def _reference(model, x_eval: np.ndarray, y_eval: np.ndarray, run, config: ConvertConfig) -> dict:
-    """The float Keras model's probabilities and latency: what every artifact is compared with."""
+    """The float Keras model's probabilities and latency: what every artifact is compared with.
+    Calibrated like the run's own figures: its logits divided by the run's temperature."""
     outputs = []
+    logits_model, activation = split_output_activation(model)
     with progress_task("float reference", len(x_eval), config.progress) as advance:
         for start in range(0, len(x_eval), 256):
             batch = x_eval[start:start + 256]
-            outputs.append(np.asarray(model(batch, training=False)))
+            outputs.append(np.asarray(logits_model(batch, training=False)))
             advance(len(batch))
-    probabilities = to_probabilities(np.concatenate(outputs))
+    probabilities = calibrated_probabilities(np.concatenate(outputs), activation, run.temperature)
 
     def predict(batch):
         return np.asarray(model(batch, training=False))
@@ -223,7 +256,8 @@ def _reference(model, x_eval: np.ndarray, y_eval: np.ndarray, run, config: Conve
     latency = median_latency_ms(predict, x_eval[0], runs=max(5, config.latency_runs // 2), warmup=3)
     metrics = classification_metrics(probabilities, y_eval, run.classes, _threshold(run))
     return {"probabilities": probabilities, "metrics": metrics, "latency_ms": {"default_threads": latency},
-            "predict": lambda batch: to_probabilities(predict(batch))}  # for the heatmap check
+            "predict": lambda batch: calibrated_probabilities(np.asarray(logits_model(batch, training=False)),
+                                                              activation, run.temperature)}  # heatmap check
 
 
 # --------------------------------------------------------------------------- one format
@@ -243,7 +277,8 @@ def convert_one(fmt: Format, context: ExportContext, staging: Path, manifest_bas
         context.progress = None
     conversion_s = time.perf_counter() - started
     # The runtime reads output_activation from here when given the bare file, as it is just below.
-    embed_metadata(path, {**model_metadata(manifest_base, fmt.name), "output_activation": context.output_activation})
+    embed_metadata(path, {**model_metadata(manifest_base, fmt.name), "output_activation": context.output_activation,
+                          "output_temperature": run.temperature})  # calibration: the runtime divides logits by it
 
     predictor = create_predictor(path, runtime=fmt.runtime)  # the row's runtime: the device default for the file
     probabilities = []
@@ -261,12 +296,21 @@ def convert_one(fmt: Format, context: ExportContext, staging: Path, manifest_bas
         latency[f"threads_{threads}"] = median_latency_ms(single.predict, x_eval[0], runs=config.latency_runs)
     failures = check(metrics, config.limits)
     metrics["tests"] = judge(metrics, config.limits)  # each tested change, its paired test and verdict
+    from .calibration_gate import ece_comparison, judge_ece
+
+    metrics["calibration_check"] = judge_ece(ece_comparison(reference["probabilities"], probabilities, y_eval,
+                                                            config.limits.bootstrap, config.seed), config.limits)
+    failures += [metrics["calibration_check"]["failure"]] if metrics["calibration_check"]["failure"] else []
     if config.heatmap_samples > 0:
         metrics.update(heatmap_agreement(reference["predict"], predictor.predict, x_eval, run.spec, run.classes,
                                          run.task, run.positive_class, samples=config.heatmap_samples))
         metrics["min_heatmap_correlation"] = config.min_heatmap_correlation
         failures += check_heatmaps(metrics, config.min_heatmap_correlation)
         metrics["heatmap_warning"] = heatmap_warning(metrics)
+    if run.spec.jpeg_reduction == "auto":  # convert/decode_check.py: reduced vs full JPEG decode
+        metrics["decode_check"] = decode_agreement(predictor.predict, run.spec, run.classes, run.task,
+                                                   _threshold(run), run.positive_class)
+        failures += check_decode(metrics["decode_check"])
     params = run.metrics.get("model", {}).get("params")
     return {
         "format": fmt.name,
@@ -321,14 +365,35 @@ def _manifest_base(run, config: ConvertConfig) -> Manifest:
         preprocessing=run.spec,
         applicability=applicability,
         disclaimer=DISCLAIMER,
+        **refer_sections(run),
+        calibration=calibration_section(run),
     )
+
+
+def calibration_section(run) -> dict:
+    """The manifest's `calibration` record: the run's temperature and its validation fit (ECE/Brier
+    before and after); an older run without one is recorded as uncalibrated (T = 1)."""
+    fit = (run.metrics.get("calibration") or {}).get("validation") or {}
+    keys = ("fitted_on", "bins", "ece_before", "ece_after", "brier_before", "brier_after", "nll_before", "nll_after",
+            "note")
+    return clean_json({"method": "temperature" if fit else "none", "temperature": run.temperature,
+                       **{key: fit[key] for key in keys if key in fit}})
+
+
+def refer_sections(run) -> dict:
+    """The run's refer band (train/refer.py) as the manifest's `decision` section; none for a run
+    trained before it (the device then never refers)."""
+    refer = run.metrics.get("refer") or {}
+    if not refer.get("rule"):
+        return {}
+    return {"decision": clean_json(dict(refer["rule"], validation=refer.get("val") or {}))}
 
 
 def _manifest_artifact(record: dict) -> ModelFile:
     gate_keys = ("auc", "auc_delta", "accuracy", "sensitivity", "specificity", "agreement",
                  "max_abs_score_diff", "mean_abs_score_diff", "latency_ms", "tests",
                  "heatmap_correlation", "heatmap_correlation_min", "heatmap_images", "min_heatmap_correlation",
-                 "heatmap_warning")
+                 "heatmap_warning", "decode_check", "calibration_check")
     return ModelFile(file=record["file"], format=record["format"], runtime=record["runtime"],
                      sha256=record["sha256"], size_bytes=record["size_bytes"],
                      input=TensorInfo.from_dict(record["input"]), output=TensorInfo.from_dict(record["output"]),

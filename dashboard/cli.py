@@ -112,10 +112,13 @@ class _DashboardGroup(click.Group):
               help="MQTT client id; with it the broker keeps a session and queues results while the dashboard is down.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True)
+@click.option("--fleet-key", "fleet_keys", multiple=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The fleet operator's public key (PEM; repeatable): verify each site's signed target record. "
+                   "Without it the targets show as unverified.")
 @click.pass_context
 def dashboard_command(ctx, host, port, allowed_hosts, login_file, trusted_proxy_header, trusted_proxies, db,
                       retention_days, max_message_kb, max_devices, stale_after, error_burst, error_window,
-                      ha_discovery, ha_prefix, client_id, log_level, **broker):
+                      ha_discovery, ha_prefix, client_id, log_level, fleet_keys, **broker):
     """Serve a live web dashboard of the edge devices' results, health and alerts.
 
     Subscribes to PREFIX/# on the broker (credentials and TLS stay in this process) and pushes
@@ -134,9 +137,11 @@ def dashboard_command(ctx, host, port, allowed_hosts, login_file, trusted_proxy_
     from medge.dashboard.auth import Access, is_local_bind, load_login_file
     from medge.dashboard.server import make_server
     from medge.dashboard.service import DashboardService
+    from medge.edge.fleet.commands import trusted_operator_keys
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _broker_settings(**broker, client_id=client_id)
+    target_keys = trusted_operator_keys(list(fleet_keys))  # a bad key file: one line, before anything starts
     access = Access(bind=host, allowed_hosts=allowed_hosts, users=load_login_file(login_file) if login_file else {},
                     proxy_header=trusted_proxy_header, trusted_proxies=trusted_proxies)
     try:  # the port first: a busy port should fail before the history is opened
@@ -148,7 +153,8 @@ def dashboard_command(ctx, host, port, allowed_hosts, login_file, trusted_proxy_
                                    stale_after_s=stale_after, retention_days=retention_days,
                                    ha_discovery=ha_discovery, ha_prefix=ha_prefix,
                                    session_expiry_s=86400 if client_id else 0,
-                                   max_message_bytes=max_message_kb * 1024, max_devices=max_devices)
+                                   max_message_bytes=max_message_kb * 1024, max_devices=max_devices,
+                                   target_keys=target_keys)
     except BaseException:
         server.server_close()
         raise

@@ -1,5 +1,6 @@
 """Home Assistant MQTT discovery: each medge device appears in Home Assistant as a device
-with three entities (online status, last class, last score), read straight from the
+with three entities (online status, last class with its `decision` attribute: positive,
+negative or refer, last score), read straight from the
 medge topics, so nothing is republished or duplicated.
 
 Dashboard-side (`medge dashboard --ha-discovery`): the dashboard already sees every device,
@@ -65,6 +66,7 @@ def discovery_configs(site: str, device: str, model: dict | None = None, medge_v
                               "'classified' else 'not applicable' }}",
             "json_attributes_topic": result_topic,
             "json_attributes_template": "{{ {'positive': value_json.get('positive', false), "
+                                        "'decision': value_json.get('decision'), "
                                         "'reason': value_json.get('reason'), 'ts': value_json.get('ts'), "
                                         "'disclaimer': value_json.get('disclaimer')} | tojson }}",
             "availability": [availability],

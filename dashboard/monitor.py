@@ -29,6 +29,18 @@ def _ms(value) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def _drift_text(drift: dict | None):
+    """A device's drift column (edge/drift.py): PSI over its window, red with DRIFT when alerting."""
+    from rich.text import Text
+
+    if not drift:
+        return Text("-")
+    if drift.get("psi") is None:
+        return Text(f"- ({drift.get('window_n', 0)})", style="dim")
+    return Text(f"{drift['psi']:.2f} ({drift.get('window_n', 0)})" + (" DRIFT" if drift.get("alert") else ""),
+                style="bold red" if drift.get("alert") else "")
+
+
 def render(state: DashboardState, results: int = 10, alerts: int = 5, errors: int = 5):
     """The whole terminal view as one rich renderable."""
     from rich.console import Group
@@ -47,6 +59,7 @@ def render(state: DashboardState, results: int = 10, alerts: int = 5, errors: in
         header.append(f" ({broker['message']})", style="red")
     header.append(f"   devices {totals.get('devices', 0)} ({totals.get('online', 0)} online)"
                   f"   results {totals.get('results', 0)}   positives {totals.get('positives', 0)}"
+                  f"   refer {totals.get('refers', 0)}"
                   f"   errors {totals.get('errors', 0) + totals.get('invalid', 0)}\n")
     header.append(DISCLAIMER, style="italic yellow")
     if snap["versions"]["mismatch"]:
@@ -55,7 +68,7 @@ def render(state: DashboardState, results: int = 10, alerts: int = 5, errors: in
 
     devices = Table(title="Devices", expand=True, title_justify="left")
     for column in ("Device", "State", "Heartbeat", "Model", "Results/min", "p50/p95 ms", "Results", "Positives",
-                   "Errors"):
+                   "Refer", "Drift PSI", "Errors"):
         devices.add_column(column)
     for dev in snap["devices"]:
         state_text = Text(dev["state"] + (" (stale)" if dev["stale"] else ""),
@@ -63,10 +76,16 @@ def render(state: DashboardState, results: int = 10, alerts: int = 5, errors: in
         model = Text(dev["model_label"] or "-", style="bold yellow" if dev["version_mismatch"] else "")
         if dev["version_mismatch"]:
             model.append(" (differs)")
+        fleet = dev.get("fleet")  # dashboard/fleet.py: rollout state and the site's target
+        if fleet and fleet["state"] != "idle":
+            model.append(f" [{fleet['state']}]", style="bold red" if fleet["failed"] else "cyan")
+        if fleet and fleet["on_target"] is False:
+            model.append(" (not the site's target)", style="bold red")
         latency = dev["latency_ms"]
         devices.add_row(dev["key"], state_text, _age(dev["heartbeat_age_s"]), model, str(dev["per_minute"]),
                         f"{_ms(latency['p50'])}/{_ms(latency['p95'])}", str(dev["results"]), str(dev["positives"]),
-                        str(dev["errors"]))
+                        Text(str(dev.get("refers", 0)), style="magenta" if dev.get("refers") else ""),
+                        _drift_text(dev.get("drift")), str(dev["errors"]))
 
     pacs_lines = Text()
     for dev in snap["devices"]:
@@ -82,8 +101,11 @@ def render(state: DashboardState, results: int = 10, alerts: int = 5, errors: in
     for column in ("Time", "Device", "Class", "Score", "Threshold", "Model"):
         feed.add_column(column)
     for row in reversed(snap["results"][-results:]):
-        style = "bold red" if row["positive"] else ""
+        refer = row["status"] == "classified" and row.get("decision") == "refer"
+        style = "bold magenta" if refer else ("bold red" if row["positive"] else "")
         label = row["class"] if row["status"] == "classified" else f"not applicable ({row['reason'] or '-'})"
+        if refer:
+            label = f"refer ({label})"
         feed.add_row(_clock(row["received"]), f"{row['site']}/{row['device']}", Text(label or "-", style=style),
                      "-" if row["score"] is None else f"{row['score']:.3f}",
                      "-" if row["threshold"] is None else f"{row['threshold']:.3f}", row["model"])
@@ -93,7 +115,8 @@ def render(state: DashboardState, results: int = 10, alerts: int = 5, errors: in
         alert_table = Table(title="Alerts", expand=True, title_justify="left", show_header=False)
         for alert in reversed(snap["alerts"][-alerts:]):
             alert_table.add_row(_clock(alert["received"]),
-                                Text(alert["message"], style="bold red" if alert["level"] == "critical" else "yellow"))
+                                Text(alert["message"], style={"critical": "bold red", "info": "magenta"}.get(
+                                    alert["level"], "yellow")))
         parts.append(alert_table)
     if snap["errors"]:
         error_table = Table(title="Errors", expand=True, title_justify="left", show_header=False)

@@ -16,7 +16,7 @@ from medge.dashboard.homeassistant import DISCOVERY_PREFIX, HomeAssistantDiscove
 from medge.dashboard.mqtt import MqttFeed
 from medge.dashboard.state import DashboardState
 from medge.dashboard.store import HistoryStore
-from medge.edge.comms.topics import KINDS
+from medge.edge.comms.topics import FLEET_DEVICE, KINDS
 from medge.edge.config import MqttSettings
 
 log = logging.getLogger("medge.dashboard")
@@ -70,9 +70,10 @@ class DashboardService:
     def __init__(self, broker: MqttSettings, db_path: str | Path, rules: AlertRules | None = None,
                  stale_after_s: float = 90.0, retention_days: float = 7.0, ha_discovery: bool = False,
                  ha_prefix: str = DISCOVERY_PREFIX, summary_interval_s: float = 0.5, session_expiry_s: int = 0,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES, max_devices: int = 500):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, max_devices: int = 500, target_keys: dict | None = None):
         self.broker = broker
         self.state = DashboardState(rules or AlertRules(), stale_after_s=stale_after_s, max_devices=max_devices)
+        self.state.target_keys = target_keys or {}  # before the replay: stored targets are verified too
         self.store = HistoryStore(db_path, retention_days=retention_days)
         self.hub = Hub()
         self._replay()
@@ -119,7 +120,8 @@ class DashboardService:
         self.store.add(event)
         for name, row in self.state.apply(event) or []:
             self.hub.publish(name, row)
-        if self.discovery and event.kind in KINDS:  # a device that only sends garbage gets no entities
+        # A device that only sends garbage gets no entities; a site's fleet target is no device.
+        if self.discovery and event.kind in KINDS and event.device != FLEET_DEVICE:
             self.discovery.observe(self.state.device(event.site, event.device))
         self._dirty.set()
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from medge.dashboard.alerts import AlertRules
 from medge.dashboard.events import INVALID, Event
-from medge.edge.comms.topics import EVENT, KINDS, LATEST, RESULT, STATUS
+from medge.dashboard.fleet import FleetAlerts, fleet_view, target_trust
+from medge.edge.comms.topics import EVENT, FLEET_DEVICE, KINDS, LATEST, RESULT, STATUS
 
 SCORE_BINS = 10
 CHART_MINUTES = 30
@@ -60,6 +61,7 @@ class DeviceState:
     latest_at: dict = field(default_factory=dict)  # kind -> server time it arrived
     results: int = 0
     positives: int = 0
+    refers: int = 0  # results whose decision is "refer" (edge/decision.py): uncertain, not a finding
     errors: int = 0
     last_result: dict | None = None
     threshold: float | None = None
@@ -108,6 +110,11 @@ class DeviceState:
                                or pacs["refused"] > 0 or pacs["unwritable"] > 0)
         return pacs
 
+    def drift(self) -> dict | None:
+        """The heartbeat's `drift` figures (edge/drift.py); None from a device that sends none."""
+        drift = (self.heartbeat or {}).get("drift")
+        return drift if isinstance(drift, dict) else None
+
     def to_dict(self, now: float, stale_after_s: float) -> dict:
         last_minute = sum(1 for received, _ in self.recent if received >= now - 60)
         stale = (self.state == "online" and self.last_heartbeat is not None
@@ -123,6 +130,7 @@ class DeviceState:
             "results": self.results, "positives": self.positives, "errors": self.errors,
             "per_minute": last_minute, "latency_ms": self.latency(), "last_result": self.last_result,
             "threshold": self.threshold, "score_bins": list(self.score_bins), "pacs": self.pacs(),
+            "refers": self.refers, "drift": self.drift(),
         }
 
 
@@ -133,7 +141,7 @@ def result_row(event: Event) -> dict:
         "id": event.id, "received": event.received, "ts": p.get("ts"), "site": event.site,
         "device": event.device, "source": p.get("source"), "status": p.get("status"),
         "class": p.get("class"), "score": p.get("score"), "threshold": p.get("threshold"),
-        "positive": bool(p.get("positive")), "reason": p.get("reason"),
+        "positive": bool(p.get("positive")), "reason": p.get("reason"), "decision": p.get("decision"),
         "model": f"{model.get('name', '?')} {model.get('version', '?')}", "input_ref": p.get("input_ref"),
         "total_ms": (p.get("timing_ms") or {}).get("total"),
     })
@@ -168,6 +176,17 @@ class DashboardState:
         self._seen: OrderedDict = OrderedDict()
         self._remembered_ids = remembered_ids
         self._lock = threading.RLock()
+        # Fleet rollout (dashboard/fleet.py): each site's target record, not a device.
+        self.targets: dict[str, dict] = {}
+        self.target_at: dict[str, float] = {}
+        self.target_keys: dict = {}  # operator public keys by id (--fleet-key): verify the targets
+        self.target_trust: dict[str, str] = {}  # site -> fleet/target.py's target_trust
+        self.fleet_alerts = FleetAlerts()
+
+    def trusted_target(self, site: str) -> dict | None:
+        """The site's target record unless its signature failed --fleet-key: a forged one judges nobody."""
+        target = self.targets.get(site)
+        return None if str(self.target_trust.get(site, "")).startswith("invalid") else target
 
     def device(self, site: str, device: str) -> DeviceState:
         key = f"{site}/{device}"
@@ -187,6 +206,13 @@ class DashboardState:
             self._seen[event.id] = None
             if len(self._seen) > self._remembered_ids:
                 self._seen.popitem(last=False)
+            if event.device == FLEET_DEVICE and event.kind == "target":
+                if event.site not in self.targets and len(self.targets) >= self.max_devices:
+                    return []  # bounded like the devices (only the fleet account may publish these)
+                self.target_trust[event.site] = target_trust(event.payload, self.target_keys, event.site)
+                self.targets[event.site] = bounded(event.payload)
+                self.target_at[event.site] = event.received
+                return []
             new_device = event.site != "?" and f"{event.site}/{event.device}" not in self.devices
             over_limit = new_device and len(self.devices) >= self.max_devices
             if over_limit:
@@ -204,6 +230,10 @@ class DashboardState:
             elif role == LATEST:
                 dev.latest[event.kind] = bounded(event.payload)
                 dev.latest_at[event.kind] = event.received
+                # The model a device runs changes with a fleet rollout (no restart, no new status).
+                current = (event.payload or {}).get("active") if event.kind == "fleet" else None
+                if isinstance(current, dict) and current.get("name"):
+                    dev.model = bounded(current)
                 if dev.state == "unknown":  # periodic messages only come from a running device
                     dev.state, dev.state_since = "online", event.received
             else:  # error events and invalid payloads
@@ -216,6 +246,10 @@ class DashboardState:
                         dev.pacs_event = bounded(event.payload.get("kind"))
                 changes.append(("error_entry", row))
             for alert in self.rules.check(event, previous_state):
+                self.alerts.append(alert)
+                changes.append(("alert", alert))
+            for alert in self.fleet_alerts.check(event, dev, self.trusted_target(event.site),
+                                                 self.target_at.get(event.site)):
                 self.alerts.append(alert)
                 changes.append(("alert", alert))
             return changes
@@ -236,7 +270,10 @@ class DashboardState:
         minute = int(event.received // 60)
         self.per_minute[minute] += 1
         self.totals["results"] += 1
-        if row["positive"]:
+        if row["decision"] == "refer":  # uncertain: counted as referred, never as a positive finding
+            dev.refers += 1
+            self.totals["refers"] += 1
+        elif row["positive"]:
             dev.positives += 1
             self.per_minute[(minute, "+")] += 1
             self.totals["positives"] += 1
@@ -278,6 +315,9 @@ class DashboardState:
                 row = dev.to_dict(now, self.stale_after_s)
                 row["version_mismatch"] = bool(versions["mismatch"] and dev.model_label
                                                and dev.model_label != versions["majority"])
+                row["fleet"] = fleet_view(dev, self.trusted_target(dev.site))
+                if row["fleet"] and row["fleet"]["on_target"] is not None:  # the site's target, not the majority
+                    row["version_mismatch"] = not row["fleet"]["on_target"]
                 devices.append(row)
             current = int(now // 60)
             for key in [k for k in self.per_minute if (k[0] if isinstance(k, tuple) else k) <= current - CHART_MINUTES]:
@@ -289,7 +329,9 @@ class DashboardState:
             totals["devices"] = len(devices)
             totals["online"] = sum(1 for d in devices if d["state"] == "online")
             return {"now": now, "devices": devices, "versions": versions, "totals": totals,
-                    "per_minute": minutes, "broker": dict(self.broker), "stale_after_s": self.stale_after_s}
+                    "per_minute": minutes, "broker": dict(self.broker), "stale_after_s": self.stale_after_s,
+                    "targets": {site: target.get("model") for site, target in self.targets.items()},
+                    "target_trust": dict(self.target_trust)}
 
     def snapshot(self, now: float | None = None) -> dict:
         with self._lock:

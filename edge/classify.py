@@ -14,8 +14,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .bundle import Artifact, Bundle
+from .decision import decision_for
 from .errors import BundleError, InputError
-from .preprocess import DecodedImage, preprocess
+from .ood import DEFAULT_MODE, OodGuard, OodVerdict, check_mode, screen
+from .preprocess import DecodedImage, decoding_for, preprocess
 from .runtime import Predictor, create_predictor
 
 
@@ -30,6 +32,11 @@ class Classification:
     # What the model saw, kept so an explanation (edge/explain.py) needs no second preprocessing;
     # never part of a result (to_dict, payloads).
     model_input: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # "positive"/"negative"/"refer" (binary) or the class name/"refer" (multi-class): the
+    # bundle's refer band applied to the calibrated probabilities (edge/decision.py).
+    decision: str | None = None
+    # The OOD guard's verdict (edge/ood.py); None when the bundle has no reference or mode is off.
+    ood: OodVerdict | None = None
 
     def to_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if key != "model_input"}
@@ -64,7 +71,7 @@ class Classifier:
     """A loaded bundle's model, ready to classify display pixels one image at a time."""
 
     def __init__(self, bundle: Bundle, runtime: str | None = None, threads: int | None = None,
-                 format: str | None = None):
+                 format: str | None = None, ood_mode: str = DEFAULT_MODE):
         self.bundle = bundle
         self.artifact: Artifact = bundle.artifact(format)
         self.spec = bundle.spec
@@ -74,6 +81,13 @@ class Classifier:
         if width > 0 and width != n_classes and not (width == 1 and n_classes == 2):
             raise BundleError(f"{bundle.path}: the model outputs {width} values but the bundle lists "
                               f"{n_classes} classes ({', '.join(bundle.classes)})")
+        self.ood_mode = check_mode(ood_mode)
+        self.ood: OodGuard | None = None if ood_mode == "off" else OodGuard.from_bundle(bundle)
+        features = getattr(self.predictor, "features", None)
+        if self.ood is not None and (features is None or int(features.shape[-1]) != self.ood.feature_dim):
+            raise BundleError(f"{self.artifact.file.name}: the bundle has an OOD reference of "
+                              f"{self.ood.feature_dim} features but the model file gives "
+                              f"{'none' if features is None else int(features.shape[-1])}")
 
     @property
     def runtime_name(self) -> str:
@@ -85,7 +99,14 @@ class Classifier:
         started = time.perf_counter()
         model_input = preprocess(pixels, self.spec)
         prepared = time.perf_counter()
-        probabilities = self.predictor.predict(model_input[np.newaxis])[0]
+        verdict = None
+        if self.ood is None:
+            probabilities = self.predictor.predict(model_input[np.newaxis])[0]
+        else:
+            probabilities, features = self.predictor.predict_with_features(model_input[np.newaxis])
+            probabilities = probabilities[0]
+            if np.all(np.isfinite(features)):
+                verdict = self.ood.judge(features[0], pixels, model_input)
         finished = time.perf_counter()
         if not np.all(np.isfinite(probabilities)):
             bad = next(float(p) for p in probabilities if not math.isfinite(float(p)))
@@ -103,6 +124,9 @@ class Classifier:
             timing_ms={"preprocess": round((prepared - started) * 1000, 3),
                        "inference": round((finished - prepared) * 1000, 3)},
             model_input=model_input,
+            decision=decision_for(probabilities, bundle.classes, bundle.task, bundle.threshold, bundle.positive_class,
+                                  getattr(bundle.manifest, "decision", None)),
+            ood=verdict,
         )
 
 
@@ -130,6 +154,7 @@ class Analysis:
     frames: list[FrameResult] = field(default_factory=list)
     not_applicable: str | None = None
     warnings: list[str] = field(default_factory=list)  # degenerate input: classified, but say so
+    ood: dict | None = None  # not_applicable / out_of_distribution: the refused frame's {score, threshold}
 
     @property
     def frame_count(self) -> int:
@@ -153,7 +178,8 @@ def analyse(classifier: Classifier, load: Callable[[], DecodedImage], frames: st
         if reason is not None:
             return Analysis(decoded=header, decode_ms=(time.perf_counter() - started) * 1000.0,
                             policy="first", not_applicable=reason)
-    decoded = load()
+    with decoding_for(bundle.spec):  # a source's decoder decodes for this model (reduced JPEG)
+        decoded = load()
     analysis = Analysis(decoded=decoded, decode_ms=(time.perf_counter() - started) * 1000.0,
                         policy=frames if len(decoded.frames) > 1 else "first")
     analysis.not_applicable = bundle.not_applicable_reason(decoded.modality, decoded.body_part)
@@ -161,8 +187,12 @@ def analyse(classifier: Classifier, load: Callable[[], DecodedImage], frames: st
         return analysis
     indices = [0] if analysis.policy == "first" else range(len(decoded.frames))
     classified = [(index, classifier.classify(decoded.frames[index], name=name)) for index in indices]
+    classified, ood_warnings, analysis.ood = screen(classified, getattr(classifier, "ood_mode", DEFAULT_MODE))
+    if not classified:  # every frame out of distribution: never a class for it
+        analysis.not_applicable = "out_of_distribution"
+        return analysis
     analysis.frames = select_frames(classified, analysis.policy, bundle)
-    analysis.warnings = degenerate_image_warnings(decoded.frames[analysis.frames[0].index])
+    analysis.warnings = degenerate_image_warnings(decoded.frames[analysis.frames[0].index]) + ood_warnings
     return analysis
 
 

@@ -10,6 +10,8 @@ import click
 from .bundle import SIGNATURE_NAME, load_bundle
 from .errors import InputError, MedgeError
 from .explain import SUFFIX as EXPLAIN_SUFFIX
+from .ood import DEFAULT_MODE as DEFAULT_OOD_MODE
+from .ood import MODES as OOD_MODES
 from .preprocess import DEFAULT_MAX_PIXELS, decode_image
 from .runtime import RUNTIMES
 
@@ -52,7 +54,10 @@ def verify_command(bundle, public_key, require_signature):
 @click.option("--explain", "explain_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Also write an occlusion heatmap overlay per image: DIR/NAME.heatmap.png (not for diagnostic use).")
 @click.option("--verbose", "-v", is_flag=True, help="Also show the model runtime's own messages (e.g. XNNPACK).")
-def predict_command(bundle, images, runtime, threads, format_name, public_key, max_pixels, explain_dir, verbose):
+@click.option("--ood", "ood_mode", type=click.Choice(OOD_MODES), default=DEFAULT_OOD_MODE, show_default=True,
+              help="Out-of-distribution guard: refuse (not_applicable), warn (classify, with a warning) or off.")
+def predict_command(bundle, images, runtime, threads, format_name, public_key, max_pixels, explain_dir, verbose,
+                    ood_mode):
     """Classify IMAGE files (JPEG, PNG, BMP, TIFF, 16-bit PNG, DICOM) with BUNDLE: one JSON line per image.
 
     Uses the same code as the edge daemon, so the result equals what it publishes (scores
@@ -74,7 +79,10 @@ def predict_command(bundle, images, runtime, threads, format_name, public_key, m
             raise InputError(f"--explain {explain_dir}: cannot create the folder ({error.strerror or error})") from None
     with quiet_native_logs(enabled=not verbose):
         classifier = Classifier(loaded, runtime=None if runtime == "auto" else runtime, threads=threads,
-                                format=format_name)
+                                format=format_name, ood_mode=ood_mode)
+    if classifier.ood is None and ood_mode != "off":
+        click.echo(f"Warning: {bundle}: the bundle has no out-of-distribution reference (made before the OOD "
+                   "guard): the guard is off, every decodable image is classified", err=True)
     failed = 0
     for image in images:
         try:
@@ -109,13 +117,18 @@ def predict_line(classifier, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, e
     if decoded.kind == "dicom":
         line["dicom"] = {"modality": decoded.modality, "body_part": decoded.body_part}
     if analysis.not_applicable:
-        return {**line, "status": "not_applicable", "reason": analysis.not_applicable}
+        return {**line, "status": "not_applicable", "reason": analysis.not_applicable,
+                **({"ood": analysis.ood} if analysis.ood else {})}
     result = analysis.frames[0].classification
     timing = {"decode": round(analysis.decode_ms, 3), **result.timing_ms}
     timing["total"] = round((time.perf_counter() - started) * 1000.0, 3)
     line.update(status="classified", **{"class": result.label}, score=round_score(result.score),
                 threshold=None if result.threshold is None else round_score(result.threshold), positive=result.positive,
                 probabilities={name: round_score(p) for name, p in result.probabilities.items()}, timing_ms=timing)
+    if result.decision is not None:  # the refer band (edge/decision.py), as the daemon publishes it
+        line["decision"] = result.decision
+    if result.ood is not None:
+        line["ood"] = result.ood.to_dict()
     if analysis.warnings:
         line["warnings"] = analysis.warnings
     if explain_dir is not None:

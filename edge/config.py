@@ -24,7 +24,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .comms.topics import topic as build_topic
+from .drift import DriftSettings, validate_drift
 from .errors import ConfigError
+from .fleet.settings import FleetSettings, validate_fleet
+from .ood import OodSettings, validate_ood
 from .preprocess import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
 
 ENV_PREFIX = "MEDGE_"
@@ -133,6 +136,8 @@ class MqttSettings:
 class RuntimeSettings:
     runtime: str | None = None
     threads: int | None = None
+    # Inputs decoded and preprocessed at once (edge/worker.py's pool); None: every core.
+    workers: int | None = None
 
 
 @dataclass
@@ -212,6 +217,9 @@ class EdgeConfig:
     input: InputSettings = field(default_factory=InputSettings)
     signature: SignatureSettings = field(default_factory=SignatureSettings)
     pacs: PacsSettings = field(default_factory=PacsSettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
+    ood: OodSettings = field(default_factory=OodSettings)
     # One settings object per registered source, by section name: config.watch, config.dicom, ...
     source_settings: dict = field(default_factory=default_source_settings)
     # Deprecation notes from loading (a moved key was used); the daemon logs them, check prints them.
@@ -265,7 +273,8 @@ class EdgeConfig:
 SECTIONS = {
     "mqtt": MqttSettings,
     "runtime": RuntimeSettings, "state": StateSettings, "log": LogSettings, "input": InputSettings, "signature": SignatureSettings,
-    "pacs": PacsSettings,
+    "pacs": PacsSettings, "drift": DriftSettings, "fleet": FleetSettings,
+    "ood": OodSettings,
 }
 TOP_LEVEL = ("bundle", "site", "device")
 
@@ -463,6 +472,8 @@ def validate(config: EdgeConfig) -> None:
         source.validate(config.source_settings[name])
     if config.runtime.threads is not None and config.runtime.threads < 1:
         raise ConfigError(f"runtime.threads: must be >= 1, not {config.runtime.threads}")
+    if config.runtime.workers is not None and config.runtime.workers < 1:
+        raise ConfigError(f"runtime.workers: must be >= 1, not {config.runtime.workers}")
     if config.state.outbox_max < 10:
         raise ConfigError(f"state.outbox_max: must be >= 10, not {config.state.outbox_max}")
     config.log.level = config.log.level.upper()
@@ -479,6 +490,9 @@ def validate(config: EdgeConfig) -> None:
     if config.signature.required and not config.signature.trusted_keys:
         raise ConfigError("signature.trusted_keys: signature.required is set but no trusted public key is configured")
     validate_pacs(config.pacs)
+    validate_drift(config.drift)
+    validate_fleet(config.fleet)
+    validate_ood(config.ood)
 
 
 def validate_pacs(pacs: PacsSettings) -> None:

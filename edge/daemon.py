@@ -50,7 +50,7 @@ class EdgeDaemon:
         from .bundle import load_bundle
         from .classify import Classifier
 
-        if config.bundle is None:
+        if config.bundle is None and not config.fleet.enabled:
             raise ConfigError("bundle: no model bundle given (medge edge run BUNDLE, or bundle = ... in the config)")
         self.config = config
         self.worker = None
@@ -58,12 +58,18 @@ class EdgeDaemon:
         if not self.sources:
             raise ConfigError(no_source_message())
         if classifier is None:
-            bundle = load_bundle(config.bundle, trusted_keys=config.signature.trusted_keys)
+            if config.fleet.enabled:  # edge/fleet: the store's active bundle first, the configured one last
+                from .fleet.controller import startup_bundle
+
+                bundle = startup_bundle(config)
+            else:
+                bundle = load_bundle(config.bundle, trusted_keys=config.signature.trusted_keys)
             from .quiet import quiet_native_logs
 
             # No thread runs yet, so the runtime's own stderr lines (XNNPACK) can be hidden here.
             with quiet_native_logs(enabled=config.log.level != "DEBUG"):
-                classifier = Classifier(bundle, runtime=config.runtime.runtime, threads=config.runtime.threads)
+                classifier = Classifier(bundle, runtime=config.runtime.runtime, threads=config.runtime.threads,
+                                                     ood_mode=config.ood.mode)
         self.classifier = classifier
         self.bundle = classifier.bundle
         self.model = model_info(self.bundle, classifier.artifact)
@@ -75,6 +81,8 @@ class EdgeDaemon:
         self.guard = None
         self.pacs = None  # edge/pacs delivery, when pacs.cstore or pacs.stow is set
         self.publisher = None
+        self.drift = None  # edge/drift.py, set up in run()
+        self.fleet = None  # edge/fleet's controller, when [fleet] is configured
 
     def _source_event(self, level: str, kind: str, message: str, source: str | None = None) -> None:
         if self.worker is None:
@@ -86,9 +94,18 @@ class EdgeDaemon:
         # Every `online` (the publisher sends one on each connect) tells the truth about the stages.
         if state == "online" and self.assessment.degraded:
             state, reason = "degraded", self.assessment.reason
-        return status_payload(state=state, site=self.config.site, device=self.config.device, model=self.model,
+        active = self._active()
+        return status_payload(state=state, site=self.config.site, device=self.config.device, model=active.info,
                               sources=[source.name for source in self.sources], reason=reason,
-                              signed_by=self.bundle.signed_by)
+                              signed_by=active.bundle.signed_by)
+
+    def _active(self):
+        """The model results come from now: the worker's, which the fleet controller may switch."""
+        from .worker import ActiveModel
+
+        if self.worker is not None:
+            return self.worker.active
+        return ActiveModel(classifier=self.classifier, bundle=self.bundle, info=self.model)
 
     # ------------------------------------------------------------------ running
     def run(self) -> int:
@@ -107,9 +124,11 @@ class EdgeDaemon:
             from .explain import explain
             from .pacs.delivery import build_delivery
 
-            classifier = self.classifier  # the SC's heatmap: the same model, in the PACS writer thread
+            # The SR/SC's finding and heatmap come from the model that classified each input (the
+            # fleet may switch it before the PACS writer thread gets to the job): see worker hook below.
             self.pacs = build_delivery(config, self.bundle, self._source_event,
-                                       explainer=lambda model_input: explain(classifier, model_input=model_input))
+                                       explainer=lambda classifier, model_input: explain(classifier,
+                                                                                         model_input=model_input))
         except (OSError, sqlite3.Error) as error:  # one line, not a traceback
             raise ConfigError(f"state.dir: cannot use {config.state_dir} ({error})") from None
         self.publisher = Publisher(config, self.outbox, self._status)
@@ -117,7 +136,22 @@ class EdgeDaemon:
                              pseudonymizer=pseudonymizer, config=config, model=self.model,
                              notify=self.publisher.notify, dicom_outputs=self.pacs, guard=self.guard,
                              fallback=self._publish_directly)
+        if self.pacs is not None:
+            self.pacs.remember(self.worker.active)
+            self.worker.observers.append(self.pacs.observe)
         self.health = HealthMonitor(self.worker, self.publisher, self.outbox, config.input.stall_s)
+        if config.drift.enabled:  # edge/drift.py: the heartbeat's `drift` figures
+            from .drift import DriftMonitor
+
+            self.drift = DriftMonitor(config.drift, self.bundle)
+            self.worker.observers.append(self.drift.observe)
+        if config.fleet.enabled:  # edge/fleet: signed rollout commands on {prefix}/{site}/{device}/commands/fleet
+            from .fleet.controller import FleetController
+
+            self.fleet = FleetController(config, self.worker, publish=self._publish_fleet, event=self.worker.event,
+                                         on_switch=self._publish_status)
+            self.publisher.subscribe(self.fleet.topic, self.fleet.on_message)
+            self.publisher.on_connected.append(self.fleet.on_connect)
         if rebuilt is not None:
             self.worker.event("error", "outbox_rebuilt", rebuilt.message())
         stored = self.outbox.count()
@@ -126,8 +160,13 @@ class EdgeDaemon:
         self._install_signal_handlers()
         log.info("model %s %s (%s, %s runtime), site %s, device %s", self.model["name"], self.model["version"],
                  self.model["format"], self.classifier.runtime_name, config.site, config.device)
+        if getattr(self.classifier, "ood", None) is None and config.ood.mode != "off":  # edge/ood.py
+            log.warning("the bundle has no out-of-distribution reference (made before the OOD guard): the guard is "
+                        "off, every decodable image is classified")
         self.publisher.start()
         self.worker.start()
+        if self.fleet is not None:
+            self.fleet.start()
         if self.pacs is not None:
             self.pacs.start()
         try:
@@ -199,6 +238,9 @@ class EdgeDaemon:
         it would be stored on may be what is full)."""
         self.worker.event(level, kind, message)
 
+    def _publish_fleet(self, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
+        return self.publisher.publish_now(topic, payload, qos=qos, retain=retain)
+
     def _publish_directly(self, topic: str, payload: bytes) -> None:
         try:
             self.publisher.publish_now(topic, payload, qos=1)
@@ -223,7 +265,9 @@ class EdgeDaemon:
                                  uptime_s=time.monotonic() - self.started, counters=counters,
                                  latency_ms=stats.latency_ms(),
                                  sources={source.name: source.health() for source in self.sources},
-                                 model=dict(self.model, runtime=self.classifier.runtime_name), rss_mb=rss_mb())
+                                 model=dict(self._active().info, runtime=self._active().classifier.runtime_name),
+                                 rss_mb=rss_mb(), drift=self.drift.snapshot() if self.drift is not None else None,
+                                 fleet=self.fleet.summary() if self.fleet is not None else None)
 
     def _shutdown(self) -> None:
         sd_notify.stopping()
@@ -232,6 +276,8 @@ class EdgeDaemon:
                 source.stop()
             except Exception:
                 log.exception("source %s did not stop cleanly", source.name)
+        if self.fleet is not None:
+            self.fleet.stop()  # a download under way resumes at the next start
         self.worker.stop()
         if self.pacs is not None:
             self.pacs.stop()  # what the PACS has not confirmed stays queued for the next start

@@ -34,6 +34,9 @@ class TensorInfo:
     # applies the activation in float after dequantizing. An int8 *probability* output has a
     # fixed 1/256 grid that ties every confident case; int8 logits keep their order.
     activation: str | None = None
+    # Outputs only: the calibration temperature the runtime divides the logits by before the
+    # activation (fitted on validation by `medge train`); 1.0 = uncalibrated (older bundles).
+    temperature: float = 1.0
 
     @property
     def quantized(self) -> bool:
@@ -41,12 +44,14 @@ class TensorInfo:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
-                "scale": self.scale, "zero_point": self.zero_point, "activation": self.activation}
+                "scale": self.scale, "zero_point": self.zero_point, "activation": self.activation,
+                "temperature": self.temperature}
 
     @classmethod
     def from_dict(cls, data: dict) -> TensorInfo:
         return cls(shape=tuple(data["shape"]), dtype=data["dtype"], name=data.get("name", ""),
-                   scale=data.get("scale"), zero_point=data.get("zero_point"), activation=data.get("activation"))
+                   scale=data.get("scale"), zero_point=data.get("zero_point"), activation=data.get("activation"),
+                   temperature=float(data.get("temperature", 1.0) or 1.0))
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,18 @@ class Manifest:
     gate: GateRecord | None = None
     files: dict = field(default_factory=dict)  # file name -> sha256, every other file of the bundle
     file_sizes: dict = field(default_factory=dict)
+    # How the scores were calibrated (method, temperature, validation ECE/Brier before and after);
+    # the runtime applies the temperature from each artifact's output.temperature.
+    calibration: dict | None = None
+    # The refer band (edge/decision.py) and the drift reference (edge/drift.py), both chosen on
+    # validation by the training run (train/refer.py); None in bundles made before them.
+    decision: dict | None = None
+    reference: dict | None = None
+    # The on-device self-test (edge/fleet/selftest.py): {file, tolerance, inputs}; None in older bundles.
+    self_test: dict | None = None
+    # The out-of-distribution guard (edge/ood.py): {method, file, threshold, acceptance, ...};
+    # the arrays are in its `file` (ood.npz). None in older bundles: the guard is off, with a warning.
+    ood: dict | None = None
     schema: str = BUNDLE_SCHEMA
 
     def to_dict(self) -> dict:
@@ -145,6 +162,11 @@ class Manifest:
             "gate": asdict(self.gate) if self.gate is not None else None,
             "files": dict(self.files),
             "file_sizes": dict(self.file_sizes),
+            **({"calibration": dict(self.calibration)} if self.calibration is not None else {}),
+            **({"decision": dict(self.decision)} if self.decision is not None else {}),
+            **({"reference": dict(self.reference)} if self.reference is not None else {}),
+            **({"self_test": dict(self.self_test)} if self.self_test is not None else {}),
+            **({"ood": dict(self.ood)} if self.ood is not None else {}),
         }
 
     def to_json(self) -> bytes:
@@ -184,6 +206,11 @@ class Manifest:
             gate=GateRecord(**gate),
             files=dict(data["files"]),
             file_sizes=dict(data.get("file_sizes") or {}),
+            calibration=data.get("calibration"),
+            decision=data.get("decision"),
+            reference=data.get("reference"),
+            self_test=data.get("self_test"),
+            ood=data.get("ood"),
         )
 
 

@@ -57,9 +57,11 @@ def _round(value: float, digits: int = 6) -> float:
 def result_payload(*, site: str, device: str, source: str, input_ref: str, model: dict,
                    classification=None, not_applicable_reason: str | None = None,
                    timing_ms: dict, frame: dict | None = None, modality: str | None = None,
-                   body_part: str | None = None, is_dicom: bool = False, warnings: list[str] | None = None) -> dict:
+                   body_part: str | None = None, is_dicom: bool = False, warnings: list[str] | None = None,
+                   ood: dict | None = None) -> dict:
     """A medge.result/1 payload: a classification, or status not_applicable with a reason.
-    `warnings`: why a classified input is still doubtful (a 1x1 or flat image)."""
+    `warnings`: why a classified input is still doubtful (a 1x1 or flat image). `ood`: the OOD
+    guard's {score, threshold} (edge/ood.py); a classification carries its own."""
     payload = {
         "schema": RESULT_SCHEMA,
         "id": new_id(),
@@ -79,8 +81,14 @@ def result_payload(*, site: str, device: str, source: str, input_ref: str, model
         payload["score"] = _round(classification.score)
         payload["threshold"] = _round(classification.threshold)
         payload["positive"] = bool(classification.positive)
+        if getattr(classification, "decision", None) is not None:
+            payload["decision"] = str(classification.decision)
         payload["probabilities"] = {str(name): _round(min(max(p, 0.0), 1.0))
                                     for name, p in classification.probabilities.items()}
+    verdict = getattr(classification, "ood", None)
+    ood = ood if ood is not None else (verdict.to_dict() if verdict is not None else None)
+    if ood is not None:
+        payload["ood"] = dict(ood)
     payload["timing_ms"] = {key: round(float(value), 3) for key, value in timing_ms.items()}
     if frame is not None:
         payload["frame"] = frame
@@ -120,7 +128,8 @@ def last_will_payload(status: dict) -> dict:
 
 def heartbeat_payload(*, site: str, device: str, uptime_s: float, counters: dict, latency_ms: dict,
                       sources: dict | None = None, model: dict | None = None,
-                      rss_mb: float | None = None, health: dict | None = None) -> dict:
+                      rss_mb: float | None = None, health: dict | None = None, drift: dict | None = None,
+                      fleet: dict | None = None) -> dict:
     payload = {"schema": HEARTBEAT_SCHEMA, "ts": utc_now(), "site": site, "device": device,
                "uptime_s": round(max(uptime_s, 0.0), 3),
                "counters": {key: int(value) for key, value in counters.items()},
@@ -133,6 +142,10 @@ def heartbeat_payload(*, site: str, device: str, uptime_s: float, counters: dict
         payload["rss_mb"] = round(rss_mb, 1)
     if health is not None:
         payload["health"] = health
+    if drift is not None:  # edge/drift.py: counts and PSI over the recent window, never pixels
+        payload["drift"] = drift
+    if fleet is not None:  # edge/fleet: the model rollout state (the retained `fleet` message has it all)
+        payload["fleet"] = fleet
     return payload
 
 

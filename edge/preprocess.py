@@ -18,6 +18,9 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,6 +50,22 @@ DEFAULT_MAX_PIXELS = 64_000_000
 # bigger file is refused before a byte of it is read into memory.
 DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
 
+# Reduced JPEG decoding (libjpeg scales inside the inverse DCT: 1/2, 1/4, 1/8 of the pixels
+# are ever built). "auto" takes the largest reduction whose image keeps JPEG_REDUCTION_MARGIN x
+# the model's input size on both sides; "off" decodes every pixel. Measured with the 28x28 int8
+# PneumoniaMNIST bundle on the bundled X-rays and test-split renderings scaled to sit exactly at
+# the margin (the worst case; BENCHMARKS.md, issue 15): the largest calibrated-score change is
+# 0.044 at 1.5x, 0.024 at 2x, 0.015 at 3x and 0.0065 at 4x. So 4x, a third of the 0.02 limit
+# the conversion gate holds (convert/decode_check.py); every full-size X-ray still decodes at 1/8.
+JPEG_REDUCTIONS = ("auto", "off")
+JPEG_REDUCTION_MARGIN = 4.0
+_REDUCED_FLAGS = {  # (factor, channels) -> imdecode flag: straight to the model's colour mode
+    (1, 1): cv2.IMREAD_GRAYSCALE, (2, 1): cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    (4, 1): cv2.IMREAD_REDUCED_GRAYSCALE_4, (8, 1): cv2.IMREAD_REDUCED_GRAYSCALE_8,
+    (1, 3): cv2.IMREAD_COLOR, (2, 3): cv2.IMREAD_REDUCED_COLOR_2,
+    (4, 3): cv2.IMREAD_REDUCED_COLOR_4, (8, 3): cv2.IMREAD_REDUCED_COLOR_8,
+}
+
 DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -61,6 +80,9 @@ class PreprocessSpec:
     interpolation: str = "area"
     normalization: str = "unit"
     version: int = SPEC_VERSION
+    # New specs decode JPEGs reduced ("auto", checked by the conversion gate); a spec saved
+    # without the field (older runs and bundles) keeps the full decode it was validated with.
+    jpeg_reduction: str = "auto"
 
     def __post_init__(self):
         if self.channels not in (1, 3):
@@ -71,6 +93,9 @@ class PreprocessSpec:
             raise InputError(f"preprocessing: unknown normalization {self.normalization!r}")
         if self.height < 8 or self.width < 8:
             raise InputError(f"preprocessing: input size {self.height}x{self.width} is too small")
+        if self.jpeg_reduction not in JPEG_REDUCTIONS:
+            raise InputError(f"preprocessing: jpeg_reduction must be one of {', '.join(JPEG_REDUCTIONS)}, "
+                             f"not {self.jpeg_reduction!r}")
         if self.version != SPEC_VERSION:
             raise InputError(f"preprocessing: spec version {self.version} is not supported (expected {SPEC_VERSION})")
 
@@ -84,6 +109,7 @@ class PreprocessSpec:
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessSpec:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        known.setdefault("jpeg_reduction", "off")  # saved before reduced decoding existed
         return cls(**known)
 
 
@@ -106,15 +132,49 @@ class DecodedImage:
 
 # --------------------------------------------------------------------------- decoding
 
+# The model input the decoder may decode for, set around a source's `load()` (classify.analyse)
+# so every source's decoder makes the bundle's choice without each source knowing the bundle.
+_DECODING_FOR: ContextVar[PreprocessSpec | None] = ContextVar("medge_decoding_for", default=None)
+
+
+@contextmanager
+def decoding_for(spec: PreprocessSpec | None) -> Iterator[None]:
+    """Within the block, `decode_image` without an explicit `spec` decodes for `spec`."""
+    token = _DECODING_FOR.set(spec)
+    try:
+        yield
+    finally:
+        _DECODING_FOR.reset(token)
+
+
+def jpeg_reduction_factor(width: int, height: int, spec: PreprocessSpec | None) -> int:
+    """1, 2, 4 or 8: the largest JPEG reduction keeping JPEG_REDUCTION_MARGIN x the model's
+    input on both sides (1: decode every pixel; always 1 when the spec says "off")."""
+    if spec is None or spec.jpeg_reduction != "auto":
+        return 1
+    for factor in (8, 4, 2):
+        # libjpeg's scaled size rounds up
+        if (-(-height // factor) >= JPEG_REDUCTION_MARGIN * spec.height
+                and -(-width // factor) >= JPEG_REDUCTION_MARGIN * spec.width):
+            return factor
+    return 1
+
 
 def decode_image(source: str | Path | bytes, name: str | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> DecodedImage:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                 spec: PreprocessSpec | None = None) -> DecodedImage:
     """Decode a file (path or bytes) into display pixels. Raises InputError naming the file.
 
     Nothing is decoded before its cost is known: the file's size is checked before it is read
     (`max_bytes`) and the image's dimensions are read from its header before its pixels are
     decoded (`max_pixels`); formats whose header is not parsed here are refused.
+
+    `spec` (default: the one `decoding_for` set, else none): the model input the pixels are for.
+    When it allows JPEG reduction, a JPEG is decoded reduced and straight to the spec's colour
+    mode (`jpeg_reduction_factor`); every other input decodes as without a spec.
     """
+    if spec is None:
+        spec = _DECODING_FOR.get()
     if isinstance(source, (str, Path)):
         path = Path(source)
         name = name or str(path)
@@ -128,7 +188,7 @@ def decode_image(source: str | Path | bytes, name: str | None = None,
         raise InputError(f"{name}: empty file (0 bytes)")
     if is_dicom(data, name):
         return decode_dicom_bytes(data, name, max_pixels=max_pixels)
-    return DecodedImage(frames=[_decode_raster(data, name, max_pixels)], kind="image")
+    return DecodedImage(frames=[_decode_raster(data, name, max_pixels, spec)], kind="image")
 
 
 def read_input_file(path: Path, name: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
@@ -159,16 +219,19 @@ def is_dicom(data: bytes, name: str = "") -> bool:
     return data[128:132] == b"DICM" or name.lower().endswith(DICOM_SUFFIXES)
 
 
-def _decode_raster(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+def _decode_raster(data: bytes, name: str, max_pixels: int, spec: PreprocessSpec | None = None) -> np.ndarray:
     header = raster_header(data, name)
     if header.width * header.height > max_pixels:
         raise InputError(f"{name}: image is {header.width}x{header.height} pixels, over the limit of {max_pixels} "
                          "(refused before decoding)")
     buffer = np.frombuffer(data, dtype=np.uint8)
     # ANYDEPTH keeps 16-bit data; ANYCOLOR keeps grayscale as grayscale; EXIF orientation is
-    # applied (OpenCV does so unless IMREAD_IGNORE_ORIENTATION is given).
+    # applied (OpenCV does so unless IMREAD_IGNORE_ORIENTATION is given, also when reduced).
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+    if header.format == "JPEG" and spec is not None and spec.jpeg_reduction == "auto":
+        flags = _REDUCED_FLAGS[(jpeg_reduction_factor(header.width, header.height, spec), spec.channels)]
     try:
-        image = cv2.imdecode(buffer, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+        image = cv2.imdecode(buffer, flags)
     except cv2.error as error:
         raise InputError(f"{name}: not a readable image ({str(error).strip().splitlines()[-1]})") from None
     if image is None:
@@ -496,4 +559,4 @@ def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 def load_and_preprocess(source: str | Path | bytes, spec: PreprocessSpec, name: str | None = None,
                         max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A file straight to model input (first frame). Used by predict and by training on image trees."""
-    return preprocess(decode_image(source, name=name, max_pixels=max_pixels).pixels, spec)
+    return preprocess(decode_image(source, name=name, max_pixels=max_pixels, spec=spec).pixels, spec)

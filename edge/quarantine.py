@@ -9,6 +9,11 @@ after `STRIKES` consecutive deaths is rejected (kept aside with its reason) with
 decoded again. One death alone is not enough: a SIGKILL or a power cut lands on whatever
 input happens to be in progress, and that input deserves one more, isolated, try.
 
+With several inputs decoded at once (`runtime.workers`), the record holds every input in
+progress: a death counts against each of them, and each then runs alone once (the worker runs
+a suspect with nothing beside it), so only the input that really kills the process reaches
+`STRIKES`.
+
 The record is rewritten in place without fsync: it has to survive the process, not the
 machine (the page cache outlives a killed process; a power cut is not the input's fault),
 so it costs two small writes per input. It holds a keyed hash, never a file name.
@@ -19,12 +24,14 @@ import hashlib
 import hmac
 import logging
 import os
+import threading
 from pathlib import Path
 
 log = logging.getLogger("medge.edge.quarantine")
 
 STRIKES = 2  # deaths with the same input in progress before it is quarantined
-RECORD_BYTES = 128  # fixed size: rewriting it in place needs no new disk space (a full disk)
+RECORD_BYTES = 4096  # fixed size: rewriting it in place needs no new disk space (a full disk)
+ENTRY_BYTES = 36  # "HASH DEATHS\n": 32 hex digits, a space, a small number
 
 
 class CrashGuard:
@@ -33,15 +40,19 @@ class CrashGuard:
         self.strikes = strikes
         self._key = key
         self._suspects: dict[str, int] = {}  # input hash -> deaths it was in progress for
+        self._running: dict[str, int] = {}  # input hash -> deaths, for every input in progress now
+        self._lock = threading.Lock()
         self._fd: int | None = None
         try:
             previous = self.path.read_bytes().decode("ascii", "replace").split()
         except FileNotFoundError:
             previous = []
-        if len(previous) == 2 and previous[1].isdigit():
-            self._suspects[previous[0]] = int(previous[1]) + 1
-            log.warning("the daemon stopped abnormally while processing an input (%d time(s) in a row); "
-                        "it is quarantined after %d", int(previous[1]) + 1, strikes)
+        # "HASH DEATHS" pairs, one per input in progress (a record of before has one pair)
+        for digest, deaths in zip(previous[0::2], previous[1::2]):
+            if deaths.isdigit():
+                self._suspects[digest] = int(deaths) + 1
+                log.warning("the daemon stopped abnormally while processing an input (%d time(s) in a row); "
+                            "it is quarantined after %d", int(deaths) + 1, strikes)
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
             self._write(b"")
@@ -61,14 +72,23 @@ class CrashGuard:
         return self.deaths(input_key) >= self.strikes
 
     def begin(self, input_key: str) -> None:
-        """`input_key` is about to be decoded and classified."""
+        """`input_key` is about to be decoded and classified (beside the others in progress)."""
         digest = self._hash(input_key)
-        self._write(f"{digest} {self._suspects.get(digest, 0)}".encode("ascii"))
+        with self._lock:
+            self._running[digest] = self._suspects.get(digest, 0)
+            self._write_running_locked()
 
     def end(self, input_key: str) -> None:
         """`input_key` no longer runs (classified, rejected or quarantined)."""
-        self._suspects.pop(self._hash(input_key), None)
-        self._write(b"")
+        digest = self._hash(input_key)
+        with self._lock:
+            self._suspects.pop(digest, None)
+            self._running.pop(digest, None)
+            self._write_running_locked()
+
+    def _write_running_locked(self) -> None:
+        entries = list(self._running.items())[: (RECORD_BYTES - 1) // ENTRY_BYTES]
+        self._write("".join(f"{digest} {deaths}\n" for digest, deaths in entries).encode("ascii"))
 
     def _write(self, record: bytes) -> None:
         if self._fd is None:

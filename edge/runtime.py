@@ -79,6 +79,23 @@ def apply_activation(logits: np.ndarray, activation: str | None) -> np.ndarray:
     raise BundleError(f"unknown output activation {activation!r} (expected sigmoid or softmax)")
 
 
+def calibrated_probabilities(output: np.ndarray, activation: str | None, temperature: float = 1.0) -> np.ndarray:
+    """Model output -> (N, K) calibrated probabilities: the logits divided by the bundle's
+    temperature (`output.temperature`, fitted on validation by `medge train`) before the
+    activation. A file that ends at probabilities (an ensemble's average) is calibrated through
+    the logs of its probabilities, softmax(log p / T), which for [1 - p, p] is sigmoid(logit(p) / T)."""
+    temperature = 1.0 if temperature is None else float(temperature)
+    if not temperature > 0:
+        raise BundleError(f"output temperature must be > 0, not {temperature}")
+    if activation is not None:
+        logits = np.asarray(output, dtype=np.float64)
+        return to_probabilities(apply_activation(logits / temperature if temperature != 1.0 else logits, activation))
+    probabilities = to_probabilities(output)
+    if temperature == 1.0:
+        return probabilities
+    return apply_activation(np.log(np.clip(probabilities.astype(np.float64), 1e-7, 1.0)) / temperature, "softmax")
+
+
 def to_probabilities(output: np.ndarray) -> np.ndarray:
     """Model output -> (N, K) probabilities; a single sigmoid column becomes [1 - p, p]."""
     output = np.asarray(output, dtype=np.float32).reshape(len(output), -1)
@@ -96,14 +113,18 @@ class Predictor:
 
     runtime_name: str = ""
 
-    def __init__(self, path: Path, threads: int | None, activation: str | None = None):
+    def __init__(self, path: Path, threads: int | None, activation: str | None = None, temperature: float = 1.0):
         self.path = Path(path)
         self.threads = threads
         self.activation = activation
+        self.temperature = 1.0 if temperature is None else float(temperature)  # calibration: logits / T
         self._lock = threading.Lock()
+        self._features_out: list[np.ndarray] | None = None  # collecting features (predict_with_features)
 
     input: TensorInfo
     output: TensorInfo
+    # The penultimate features, a second output of files made for the OOD guard (edge/ood.py); None otherwise.
+    features: TensorInfo | None = None
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.float32)
@@ -114,15 +135,32 @@ class Predictor:
             return np.zeros((0, max(2, int(self.output.shape[-1]))), dtype=np.float32)
         with self._lock:
             output = self._run(batch)
-        return to_probabilities(apply_activation(output, self.activation))
+        return calibrated_probabilities(output, self.activation, self.temperature)
+
+    def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities as `predict` gives them, penultimate features (N, D) or None when the
+        file has no features output): one model call for both."""
+        batch = np.asarray(batch, dtype=np.float32)
+        if self.features is None or batch.ndim != 4 or len(batch) == 0 or tuple(batch.shape[1:]) != tuple(
+                self.input.shape[1:]):
+            return self.predict(batch), None  # predict gives the empty answer or the error
+        with self._lock:
+            self._features_out = []  # _run appends the features of each invoke while this is a list
+            try:
+                output = self._run(batch)
+                features = np.concatenate(self._features_out)[:len(batch)]
+            finally:
+                self._features_out = None
+        return calibrated_probabilities(output, self.activation, self.temperature), features
 
     def _run(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
 class TFLitePredictor(Predictor):
-    def __init__(self, path: Path, runtime: str, threads: int | None, activation: str | None = None):
-        super().__init__(path, threads, activation)
+    def __init__(self, path: Path, runtime: str, threads: int | None, activation: str | None = None,
+                 temperature: float = 1.0):
+        super().__init__(path, threads, activation, temperature)
         self.runtime_name = runtime
         module = importlib.import_module(_MODULES[runtime])
         try:
@@ -131,13 +169,14 @@ class TFLitePredictor(Predictor):
             raise BundleError(f"{path.name}: {runtime} cannot load this model ({str(error).splitlines()[0]})") from None
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
+        self._output, self._feature_output = _tflite_outputs(self._interpreter)
         self._batch = int(self._input["shape"][0])
         signature = self._input.get("shape_signature")
         # Models exported with a dynamic batch can be resized to evaluate many images per call.
         self._resizable = signature is not None and len(signature) and int(signature[0]) == -1
         self.input = _tflite_tensor_info(self._input)
-        self.output = replace(_tflite_tensor_info(self._output), activation=activation)
+        self.output = replace(_tflite_tensor_info(self._output), activation=activation, temperature=self.temperature)
+        self.features = None if self._feature_output is None else _tflite_tensor_info(self._feature_output)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if not self._resizable and len(batch) < self._batch:
@@ -152,16 +191,36 @@ class TFLitePredictor(Predictor):
             self._interpreter.allocate_tensors()
             self._batch = len(batch)
             self._input = self._interpreter.get_input_details()[0]
-            self._output = self._interpreter.get_output_details()[0]
+            self._output, self._feature_output = _tflite_outputs(self._interpreter)
         values = batch
         if self.input.quantized:
             values = quantize(batch, self.input.scale, self.input.zero_point, self.input.dtype)
         self._interpreter.set_tensor(self._input["index"], values.astype(self._input["dtype"], copy=False))
         self._interpreter.invoke()
         output = self._interpreter.get_tensor(self._output["index"])
+        if self._features_out is not None and self._feature_output is not None:
+            features = self._interpreter.get_tensor(self._feature_output["index"])
+            self._features_out.append(dequantize(features, self.features.scale, self.features.zero_point)
+                                      if self.features.quantized else features.astype(np.float32, copy=True))
         if self.output.quantized:
             return dequantize(output, self.output.scale, self.output.zero_point)
         return output.astype(np.float32, copy=True)
+
+
+def _tflite_outputs(interpreter) -> tuple[dict, dict | None]:
+    """(the scores output, the features output or None). A file made for the OOD guard has two
+    outputs; the converter lists them in no fixed order, its signature names them output_0
+    (scores) and output_1 (features) in the order the model returns them."""
+    details = interpreter.get_output_details()
+    if len(details) == 1:
+        return details[0], None
+    by_index = {d["index"]: d for d in details}
+    try:
+        named = interpreter.get_signature_runner().get_output_details()
+        ordered = [by_index[named[key]["index"]] for key in sorted(named)]
+    except (ValueError, KeyError, AttributeError):
+        ordered = sorted(details, key=lambda d: d.get("name", ""))  # "...:0" before "...:1"
+    return ordered[0], ordered[1]
 
 
 def _tflite_tensor_info(details: dict) -> TensorInfo:
@@ -177,8 +236,8 @@ def _tflite_tensor_info(details: dict) -> TensorInfo:
 class OnnxPredictor(Predictor):
     runtime_name = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None, activation: str | None = None):
-        super().__init__(path, threads, activation)
+    def __init__(self, path: Path, threads: int | None, activation: str | None = None, temperature: float = 1.0):
+        super().__init__(path, threads, activation, temperature)
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -193,13 +252,20 @@ class OnnxPredictor(Predictor):
             raise BundleError(f"{path.name}: onnxruntime cannot load this model ({str(error).splitlines()[0]})") from None
         model_input = self._session.get_inputs()[0]
         model_output = self._session.get_outputs()[0]
+        outputs = self._session.get_outputs()
+        if len(outputs) > 1:  # the penultimate features, for the OOD guard (edge/ood.py)
+            self.features = TensorInfo(shape=_onnx_shape(outputs[1].shape), dtype=_onnx_dtype(outputs[1].type),
+                                       name=outputs[1].name)
         self._input_name = model_input.name
         self.input = TensorInfo(shape=_onnx_shape(model_input.shape), dtype=_onnx_dtype(model_input.type), name=model_input.name)
         self.output = TensorInfo(shape=_onnx_shape(model_output.shape), dtype=_onnx_dtype(model_output.type),
-                                 name=model_output.name, activation=activation)
+                                 name=model_output.name, activation=activation, temperature=self.temperature)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._session.run(None, {self._input_name: batch})[0], dtype=np.float32)
+        outputs = self._session.run(None, {self._input_name: batch})
+        if self._features_out is not None and len(outputs) > 1:
+            self._features_out.append(np.asarray(outputs[1], dtype=np.float32))
+        return np.asarray(outputs[0], dtype=np.float32)
 
 
 def _onnx_shape(shape) -> tuple:
@@ -214,8 +280,12 @@ def _onnx_dtype(type_name: str) -> str:
 # --------------------------------------------------------------------------- factory
 
 
-def create_predictor(artifact: Artifact | str | Path, runtime: str | None = None, threads: int | None = None) -> Predictor:
+def create_predictor(artifact: Artifact | str | Path, runtime: str | None = None, threads: int | None = None,
+                     temperature: float | None = None) -> Predictor:
     """A predictor for a bundle artifact or a bare .tflite/.onnx file.
+
+    `temperature=None` takes the calibration temperature from the bundle's artifact output (or a
+    bare file's embedded metadata), 1.0 when neither has one (bundles made before calibration).
 
     `runtime=None` picks the best available for the file type; naming one that cannot run
     the file, or is not installed, is a BundleError with the fix in its message.
@@ -244,12 +314,17 @@ def create_predictor(artifact: Artifact | str | Path, runtime: str | None = None
         raise BundleError(f"runtime {runtime!r} is not installed here (installed: {', '.join(installed) or 'none'})")
     # A bundle says whether the file ends at the logits; a bare file says so in its embedded metadata.
     if artifact.output is not None:
-        activation = artifact.output.activation
+        activation, stored_temperature = artifact.output.activation, artifact.output.temperature
     else:
-        activation = (embedded_metadata(path) or {}).get("output_activation")
+        metadata = embedded_metadata(path) or {}
+        activation, stored_temperature = metadata.get("output_activation"), metadata.get("output_temperature")
+    temperature = stored_temperature if temperature is None else temperature
+    temperature = 1.0 if temperature is None else float(temperature)
+    if not temperature > 0:
+        raise BundleError(f"{path.name}: output temperature must be > 0, not {temperature}")
     if family == "tflite":
-        return TFLitePredictor(path, runtime, threads, activation)
-    return OnnxPredictor(path, threads, activation)
+        return TFLitePredictor(path, runtime, threads, activation, temperature)
+    return OnnxPredictor(path, threads, activation, temperature)
 
 
 def embedded_metadata(path: str | Path) -> dict | None:

@@ -11,14 +11,23 @@ Nothing stalls silently: a commit that fails (a full disk) is retried, with the 
 until it succeeds; meanwhile the stage is reported failing (`stage_problems`), which the
 daemon turns into a `degraded` status, an error event and a silent watchdog. An input that
 was in progress when the process died twice is quarantined (see `quarantine.py`).
+
+Every core: inputs are decoded, preprocessed and classified by a pool of `runtime.workers`
+threads (OpenCV and the runtimes release the GIL), each with its own ActiveModel snapshot,
+while the worker thread alone admits inputs, runs the observers and the DICOM writers, commits
+and releases, in the order the inputs arrived, so the outbox keeps arrival order and every
+guarantee above holds as with one thread. An idle worker classifies a lone input on its own
+thread (no hand-over): single-input latency is that of the serial loop.
 """
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .classify import Analysis, analyse
@@ -36,6 +45,22 @@ log = logging.getLogger("medge.edge.worker")
 LATENCY_WINDOW = 1000  # images over which p50/p95 are reported
 MAX_BATCH = 16  # inputs per outbox transaction at most
 STORE_RETRY_S = (0.2, 5.0)  # a failing commit is retried from every 0.2 s up to every 5 s
+IN_FLIGHT_PER_WORKER = 4  # inputs started ahead per pool thread: a slow one at the head leaves the rest busy
+UNCOMMITTED_MAX = 2 * MAX_BATCH  # outcomes waiting for the committer before no new input starts
+# An input whose decode + classify takes less than this (a small PNG: ~0.3 ms) costs more in
+# hand-overs to a pool thread than it gains: such inputs run on the worker thread itself, as the
+# serial loop did (measured: the pool made 64x64 PNGs 0.6-0.8x as fast; BENCHMARKS.md).
+INLINE_BELOW_MS = 2.0
+_WAKE = object()  # queued by a finished pool task: the worker thread collects it
+_ADMITTED = object()  # `_admit`: the input is to be decoded and classified
+
+
+def default_workers() -> int:
+    """The cores this process may run on (the affinity mask; a container's CPU set)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -54,6 +79,37 @@ class Pending:
     local_error: str | None = None
     # Device-local files the source keeps beside the input (processed/NAME.heatmap.png).
     attachments: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    """The model inputs are classified with: swapped as one reference (`Worker.switch_model`),
+    read once per input, so an input is classified, explained and labelled by one model."""
+
+    classifier: object
+    bundle: object
+    info: dict  # name, version, sha256, format: recorded in every result it produces
+
+
+@dataclass
+class Analysed:
+    """One input decoded and classified on a pool thread, its outcome still to be built."""
+
+    item: InputItem
+    key: str
+    active: ActiveModel
+    analysis: Analysis
+    messages: list
+    started: float  # perf_counter when its decode began
+    attachments: dict
+
+
+@dataclass
+class NotReady:
+    """The input was not complete yet (InputNotReady): released for a retry, nothing stored."""
+
+    item: InputItem
+    error: str
 
 
 @dataclass
@@ -82,15 +138,17 @@ class Worker:
                  fallback=None):
         """`guard`: the poison-input record (None: no quarantine). `fallback(topic, payload)`
         publishes an event directly when it cannot be stored (the disk it reports is full)."""
-        self.classifier = classifier
+        self.active = ActiveModel(classifier=classifier, bundle=bundle, info=model)
+        # Called on the worker thread with (item, analysis, active, messages) once an input's
+        # results are built, before they are stored: shadow runs and drift counters. One that
+        # raises costs nothing but its own observation.
+        self.observers: list = []
         # Optional hook (edge/pacs): writes and queues SR/SC objects for a DICOM input. Called
         # before the outcome is committed, so they are on disk before the scanner is answered.
         self.dicom_outputs = dicom_outputs
-        self.bundle = bundle
         self.outbox = outbox
         self.pseudonymizer = pseudonymizer
         self.config = config
-        self.model = model
         self.notify = notify
         self.frames_policy = config.dicom.frames
         self.stats = Stats()
@@ -101,13 +159,46 @@ class Worker:
         self._dropped_reported = 0
         self.guard = guard
         self.fallback = fallback
-        self.busy = False
-        self.busy_since: float | None = None  # monotonic start of the input in progress
+        workers = getattr(getattr(config, "runtime", None), "workers", None)
+        self.workers = workers or default_workers()
+        self._running: dict[int, float] = {}  # id(item) -> monotonic start, inputs being decoded/classified
+        self._commits: queue.SimpleQueue = queue.SimpleQueue()  # outcomes for the committer thread, in order
+        self._uncommitted = 0  # outcomes handed to the committer and not yet stored
+        self._analyse_ms = 0.0  # running mean of recent inputs' decode + classify time
+        self._forget_lock = threading.Lock()
         self.progress_at = time.monotonic()  # when an input last finished (stored, or released)
         self._lock = threading.Lock()
         self._open: dict[int, float] = {}  # id(item) -> when it was handed over, until released
         self._problems: dict[str, tuple[str, float]] = {}  # stage -> (reason, failing since)
         self._unforgotten: list[str] = []  # released inputs whose ledger entry is still to delete
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running)
+
+    @property
+    def busy_since(self) -> float | None:
+        """Monotonic start of the oldest input being decoded or classified (None: none)."""
+        with self._lock:
+            return min(self._running.values()) if self._running else None
+
+    @property
+    def classifier(self):
+        return self.active.classifier
+
+    @property
+    def bundle(self):
+        return self.active.bundle
+
+    @property
+    def model(self) -> dict:
+        return self.active.info
+
+    def switch_model(self, active: ActiveModel) -> ActiveModel:
+        """Make `active` the model for every input not yet started; returns the previous one.
+        An input in progress finishes with the model it started with."""
+        previous, self.active = self.active, active
+        return previous
 
     # ------------------------------------------------------------------ lifecycle
     def submit(self, item: InputItem) -> None:
@@ -165,36 +256,116 @@ class Worker:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        batch: list[Pending] = []
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="medge-decode")
+        committer = threading.Thread(target=self._commit_loop, name="medge-commit", daemon=True)
+        committer.start()
+        window = max(2, IN_FLIGHT_PER_WORKER * self.workers)
+        flight: deque = deque()  # started inputs, in arrival order: Futures, or outcomes already known
+        waiting: deque = deque()  # taken from the queue, not started yet
+        state = {"alone": False, "stopping": False}
+        try:
+            while not (state["stopping"] and not waiting and not flight):
+                entry = self._queue.get()  # finished pool tasks and commits queue _WAKE: never sleeps past them
+                while True:
+                    if entry is None:
+                        state["stopping"] = True
+                    elif entry is not _WAKE:
+                        waiting.append(entry)
+                    if len(waiting) >= window:
+                        break
+                    try:
+                        entry = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                self._advance(pool, window, flight, waiting, state)
+        finally:
+            pool.shutdown(wait=True)
+            self._commits.put(None)
+            committer.join()
+
+    def _advance(self, pool: ThreadPoolExecutor, window: int, flight: deque, waiting: deque, state: dict) -> None:
+        """Start what may start, hand what finished (in arrival order) to the committer; until
+        nothing moves. A suspect (in progress at an earlier death) starts only once everything
+        before it is stored, and runs alone."""
         while True:
-            # Group commit: inputs that queued up while one was classified share one durable
-            # transaction (one fsync), so bursts run at the model's pace, not the disk's.
-            if batch and (len(batch) >= MAX_BATCH or self._queue.empty()):
-                self._commit_or_keep(batch)
-                batch = []
-            item = self._queue.get()
-            if item is None:
-                break
-            try:
+            moved = False
+            while (waiting and not state["alone"] and len(flight) < window
+                   and self._uncommitted < UNCOMMITTED_MAX):
+                item = waiting[0]
                 suspect = self.guard is not None and self.guard.deaths(self._key(item)) > 0
-                if batch and (suspect or not self._has_room(len(batch) + 1)):
-                    # A suspect runs alone: its neighbours' outcomes are stored before it is tried.
-                    self._commit_or_keep(batch)
-                    batch = []
-                pending = self._prepare(item)
+                busy = len(flight) + self._uncommitted
+                if busy and (suspect or not self._has_room(busy + 1)):
+                    break  # its neighbours' outcomes are stored first (a commit queues _WAKE)
+                waiting.popleft()
+                moved = True
+                try:
+                    admitted = self._admit(item)
+                except Exception as error:  # the outbox cannot be read (or a bug): tried again later
+                    self._unexpected(item, error)
+                    continue
+                if admitted is not _ADMITTED:
+                    flight.append(admitted)
+                    continue
+                state["alone"] = suspect
+                idle = not waiting and self._queue.empty()
+                if not flight and (idle or self._analyse_ms < INLINE_BELOW_MS):
+                    # idle (the serial loop's latency) or small inputs: no hand-over to the pool
+                    flight.append(self._analyse(item))
+                    break  # collected at once: the next small input runs here too
+                else:
+                    future = pool.submit(self._analyse, item)
+                    future.add_done_callback(lambda _: self._queue.put(_WAKE))
+                    flight.append(future)
+            while flight and (not isinstance(flight[0], Future) or flight[0].done()):
+                head = flight.popleft()
+                outcome = head.result() if isinstance(head, Future) else head
+                moved = True
+                try:
+                    pending = self._finish(outcome)
+                except Exception as error:
+                    self._unexpected(getattr(outcome, "item", None), error)
+                    continue
                 if pending is not None:
-                    batch.append(pending)
-                    if suspect:
-                        self._commit_or_keep(batch)
-                        batch = []
-            except Exception as error:  # the outbox cannot be read (or a bug): tried again later
-                log.exception("unexpected failure while processing %s", item.label or item.source)
-                self._fail("worker", f"cannot process an input ({type(error).__name__}: {error}); "
-                                     "it is tried again every second")
-                self._requeue_later(item)
-                continue
-            self._recover("worker")
-        self._commit_or_keep(batch)
+                    with self._lock:
+                        self._uncommitted += 1
+                    self._commits.put(pending)
+            if state["alone"] and not flight and not self._uncommitted:
+                state["alone"] = False
+                moved = True
+            if not moved:
+                return
+
+    def _commit_loop(self) -> None:
+        """The committer thread: outcomes in arrival order, as many as are waiting (up to
+        MAX_BATCH) in one durable transaction (group commit: whatever finished during one fsync
+        shares the next), then their inputs released. Decoding never waits for the disk."""
+        stopping = False
+        while not stopping:
+            first = self._commits.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    entry = self._commits.get_nowait()
+                except queue.Empty:
+                    break
+                if entry is None:
+                    stopping = True
+                    break
+                batch.append(entry)
+            self._commit_or_keep(batch)
+            with self._lock:
+                self._uncommitted -= len(batch)
+            self._queue.put(_WAKE)
+
+    def _unexpected(self, item: InputItem | None, error: Exception) -> None:
+        label = (item.label or item.source) if item is not None else "an input"
+        log.error("unexpected failure while processing %s", label, exc_info=error)
+        self._fail("worker", f"cannot process an input ({type(error).__name__}: {error}); "
+                             "it is tried again every second")
+        if item is not None:
+            self._requeue_later(item)
 
     def _requeue_later(self, item: InputItem, delay_s: float = 1.0) -> None:
         """Try an input again later, without releasing it: its outcome is not stored."""
@@ -251,6 +422,14 @@ class Worker:
 
     def _prepare(self, item: InputItem) -> Pending | None:
         """Decode and classify; the outcome is not stored yet. None: nothing left to store."""
+        admitted = self._admit(item)
+        if admitted is not _ADMITTED:
+            return admitted
+        return self._finish(self._analyse(item))
+
+    def _admit(self, item: InputItem):
+        """On the worker thread, before any decoding: an outcome stored before a restart (the
+        input is released with it: None), a quarantined input (its rejection), or _ADMITTED."""
         key = self._key(item)
         stored = self.outbox.stored_outcome(key)
         if stored is not None:
@@ -269,19 +448,27 @@ class Worker:
             return self._rejection(item, key, f"input: quarantined without decoding it again: the daemon died "
                                               f"{deaths} times in a row while processing it (out of memory, "
                                               "or a decoder crash)", kind="poison_input")
+        self._recover("worker")
+        return _ADMITTED
+
+    def _analyse(self, item: InputItem):
+        """On a pool thread (or the idle worker thread): decode and classify with one snapshot of
+        the active model. Returns Analysed, NotReady or a rejection Pending; never raises."""
+        key = self._key(item)
         started = time.perf_counter()
-        self.busy, self.busy_since = True, time.monotonic()
+        with self._lock:
+            self._running[id(item)] = time.monotonic()
         if self.guard is not None:
             self.guard.begin(key)
+        active = self.active
         try:
-            analysis = analyse(self.classifier, item.load, self.frames_policy, name="input",
+            analysis = analyse(active.classifier, item.load, self.frames_policy, name="input",
                                peek=getattr(item, "peek", None))
             input_ref = self.pseudonymizer.ref(analysis.decoded.sop_instance_uid or item.ref)
-            messages = self._results(item, analysis, input_ref, started)
+            messages = self._results(item, analysis, input_ref, started, active)
+            attachments = self._attachments(item, analysis, active)
         except InputNotReady as error:  # still being written: nothing stored, offered again
-            log.info("%s: not complete yet (%s); offered again later", item.label or item.source, error)
-            self._release(item, Outcome(ok=False, error=str(error), retry=True))
-            return None
+            return NotReady(item=item, error=str(error))
         except MedgeError as error:
             return self._rejection(item, key, self._scrub(str(error), item), local=str(error))
         except Exception as error:
@@ -290,25 +477,48 @@ class Worker:
         finally:
             if self.guard is not None:
                 self.guard.end(key)
-            self.busy, self.busy_since = False, None
-        to_pacs = self.dicom_outputs is not None and item.dataset is not None
-        attachments = self._attachments(item, analysis)
-        if to_pacs:
+            with self._lock:
+                self._running.pop(id(item), None)
+            self._analyse_ms += 0.2 * ((time.perf_counter() - started) * 1000.0 - self._analyse_ms)
+        return Analysed(item=item, key=key, active=active, analysis=analysis, messages=messages,
+                        started=started, attachments=attachments)
+
+    def _finish(self, outcome) -> Pending | None:
+        """On the worker thread, in arrival order: observers and DICOM writers, then the
+        outcome to store (None: nothing to store)."""
+        if outcome is None or isinstance(outcome, Pending):
+            return outcome
+        if isinstance(outcome, NotReady):
+            log.info("%s: not complete yet (%s); offered again later", outcome.item.label or outcome.item.source,
+                     outcome.error)
+            self._release(outcome.item, Outcome(ok=False, error=outcome.error, retry=True))
+            return None
+        item, analysis, messages = outcome.item, outcome.analysis, outcome.messages
+        self._observe(item, analysis, outcome.active, messages)
+        if self.dicom_outputs is not None and item.dataset is not None:
             # SR/SC queued before the scanner is answered. The job carries the reported frame's
             # model input: the PACS writer computes the SC's heatmap from it, off this path.
             model_input = analysis.frames[0].classification.model_input if analysis.frames else None
             self.dicom_outputs(item, analysis.decoded, messages, model_input=model_input)
         ids = [message[0] for message in messages]
-        return Pending(item=item, key=key, messages=messages, ok=True, error=None, result_ids=ids,
-                       latency_ms=(time.perf_counter() - started) * 1000.0, attachments=attachments)
+        return Pending(item=item, key=outcome.key, messages=messages, ok=True, error=None, result_ids=ids,
+                       latency_ms=(time.perf_counter() - outcome.started) * 1000.0,
+                       attachments=outcome.attachments)
 
-    def _attachments(self, item: InputItem, analysis: Analysis) -> dict:
+    def _observe(self, item: InputItem, analysis: Analysis, active: ActiveModel, messages: list) -> None:
+        for observer in list(self.observers):
+            try:
+                observer(item, analysis, active, messages)
+            except Exception:
+                log.exception("observer %r failed on %s", observer, item.label or item.source)
+
+    def _attachments(self, item: InputItem, analysis: Analysis, active: ActiveModel) -> dict:
         """input.explain: the heatmap overlay PNG to keep beside the processed watch-folder file.
         One that cannot be made costs the input its picture, never its result."""
         if not (analysis.frames and item.source == "watch" and getattr(self.config.input, "explain", False)):
             return {}
         try:
-            return {EXPLAIN_SUFFIX: explain_analysis(self.classifier, analysis).png()}
+            return {EXPLAIN_SUFFIX: explain_analysis(active.classifier, analysis).png()}
         except Exception as error:
             log.warning("%s: no heatmap overlay (%s: %s)", item.label or item.source, type(error).__name__, error)
             return {}
@@ -346,27 +556,30 @@ class Worker:
     def _forget(self, keys: list[str]) -> None:
         """Drop released inputs from the ledger; on a failing disk, keep trying with later commits
         (a stale entry would hand a new file of the same name an old outcome)."""
-        self._unforgotten.extend(keys)
-        if not self._unforgotten:
-            return
-        try:
-            self.outbox.release_inputs(self._unforgotten)
-        except Exception as error:
-            log.warning("cannot forget %d released input(s) in the ledger yet (%s); retried with the next commit",
-                        len(self._unforgotten), error)
-            return
-        self._unforgotten = []
+        with self._forget_lock:  # the worker thread (stored outcomes) and the committer both forget
+            self._unforgotten.extend(keys)
+            if not self._unforgotten:
+                return
+            try:
+                self.outbox.release_inputs(self._unforgotten)
+            except Exception as error:
+                log.warning("cannot forget %d released input(s) in the ledger yet (%s); retried with the next commit",
+                            len(self._unforgotten), error)
+                return
+            self._unforgotten = []
 
-    def _results(self, item: InputItem, analysis: Analysis, input_ref: str, started: float) -> list:
+    def _results(self, item: InputItem, analysis: Analysis, input_ref: str, started: float,
+                 active: ActiveModel) -> list:
         decoded = analysis.decoded
         base = dict(site=self.config.site, device=self.config.device, source=item.source, input_ref=input_ref,
-                    model=self.model, modality=decoded.modality, body_part=decoded.body_part,
+                    model=active.info, modality=decoded.modality, body_part=decoded.body_part,
                     is_dicom=decoded.kind == "dicom")
         if analysis.not_applicable is not None:
             self.stats.not_applicable += 1
             timing = {"decode": analysis.decode_ms, "preprocess": 0.0, "inference": 0.0,
                       "total": (time.perf_counter() - started) * 1000.0}
-            payload = result_payload(**base, not_applicable_reason=analysis.not_applicable, timing_ms=timing)
+            payload = result_payload(**base, not_applicable_reason=analysis.not_applicable, timing_ms=timing,
+                                     ood=getattr(analysis, "ood", None))
             return [self._message(payload, "result")]
         if analysis.warnings:
             log.warning("%s: classified, with a warning: %s", item.label or item.source, "; ".join(analysis.warnings))

@@ -60,7 +60,10 @@ def test_manifest_holds_everything_the_device_needs_and_follows_its_schema(conve
     assert artifact.format == "tflite-int8" and artifact.file.is_file()
     assert artifact.input.dtype == "int8" and artifact.input.scale > 0
     assert artifact.output.dtype == "int8" and artifact.output.scale > 0
-    assert set(manifest["files"]) == {"model_int8.tflite", "conversion_report.json", "comparison.png"}
+    # selftest.npz: the on-device self-test's reference set (edge/fleet/selftest.py), signed with the rest
+    assert set(manifest["files"]) - {"ood.npz"} == {"model_int8.tflite", "conversion_report.json", "comparison.png",
+                                                   "selftest.npz"}
+    assert manifest["self_test"]["file"] == "selftest.npz" and manifest["self_test"]["inputs"] > 0
     assert manifest["gate"]["passed"] is True and manifest["gate"]["n_images"] > 100
     assert {"auc", "agreement", "latency_ms"} <= set(artifact.gate)
     assert "not for diagnostic use" in manifest["disclaimer"]

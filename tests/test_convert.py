@@ -39,11 +39,13 @@ def convert_cli(*args):
 
 @pytest.fixture(scope="module")
 def test_split(trained_run):
+    from medge.train.calibration import ScoreModel
     from medge.train.run import load_run
 
     run = load_run(trained_run)
     split = run.load_dataset().splits["test"]
-    reference = np.asarray(run.load_model()(split.x[:128], training=False))[:, 0]
+    # The device shows calibrated scores: the float model's logits over the run's temperature.
+    reference = ScoreModel(run.load_model()).scores(split.x[:128]).probabilities(run.temperature)[:, 1]
     return split.x[:128], reference
 
 
@@ -254,12 +256,13 @@ def test_gate_refuses_a_model_with_a_few_nan_scores():
 
 def _real_decisions(trained_run, bundle):
     """The float Keras model and a real converted file, run on the run's real test split."""
-    from medge.edge.runtime import to_probabilities
+    from medge.train.calibration import ScoreModel
     from medge.train.run import load_run
 
     run = load_run(trained_run)
     split = run.load_dataset().splits["test"]
-    reference = to_probabilities(np.asarray(run.load_model()(split.x, training=False)))
+    # Calibrated like the device's scores: the run's threshold is on that scale.
+    reference = ScoreModel(run.load_model()).scores(split.x).probabilities(run.temperature)
     candidate = create_predictor(load_bundle(bundle).artifact("tflite-int8")).predict(split.x)
     return run, split.y, reference, candidate
 

@@ -41,8 +41,8 @@ def test_the_real_daemon_on_the_dashboard(tmp_path, broker, int8_bundle, edge_da
     assert {(r["threshold"], r["model"]) for r in results} == {(round(bundle.threshold, 6), model)}
     for row in results:  # what the page shows is what the daemon decided
         cell = page.locator(f'#results-body tr[data-id="{row["id"]}"] .class-cell')
-        expect(cell).to_have_text(row["class"])
-    positives = [r for r in results if r["positive"]]
+        expect(cell).to_have_text(f"refer ({row['class']})" if row["decision"] == "refer" else row["class"])
+    positives = [r for r in results if r["positive"] and r["decision"] != "refer"]  # a refer is no finding
     expect(page.locator('#alert-list li[data-kind="positive"]')).to_have_count(min(len(positives), 6))
     assert state["errors"][0]["kind"] == "rejected_input" and not state["errors"][0]["invalid"]
 

@@ -100,7 +100,7 @@ def test_every_template_renders_for_every_payload_kind():
     assert json.loads(render(status["json_attributes_template"], samples["last will"]))["last_will"] is True
     assert render(configs["last_class"]["value_template"], samples["not applicable"]) == "not applicable"
     attributes = json.loads(render(configs["last_class"]["json_attributes_template"], samples["not applicable"]))
-    assert attributes == {"positive": False, "reason": "modality CT", "ts": samples["not applicable"]["ts"],
+    assert attributes == {"positive": False, "decision": None, "reason": "modality CT", "ts": samples["not applicable"]["ts"],
                           "disclaimer": samples["not applicable"]["disclaimer"]}
     assert render(configs["last_score"]["value_template"], samples["classified"]) == "0.91"
     assert render(configs["last_score"]["value_template"], samples["not applicable"]) == "None"

@@ -8,7 +8,7 @@ from tests.fixtures.deploy import Client, SiteBroker, make_credentials, stays_fa
 @pytest.fixture(scope="module")
 def central_credentials(tmp_path_factory):
     return make_credentials(tmp_path_factory.mktemp("central-credentials"), "-s", "127.0.0.1",
-                            "-u", "dashboard", "-u", "operator", "-b", "site-a")
+                            "-u", "dashboard", "-u", "fleet", "-b", "site-a")
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_site_results_reach_the_central_broker_and_commands_come_back(fleet):
     wait_until(lambda: central_dashboard.received("medge/site-a/xray-1/result") == [b'{"label": "pneumonia"}'],
                10, "the result at the central broker")
 
-    operator = fleet["central_client"]("operator")
+    operator = fleet["central_client"]("fleet")
     assert operator.publish("medge/site-a/xray-1/commands/reload", b'{"n": 1}') == 0
     wait_until(lambda: device.received("medge/site-a/xray-1/commands/reload") == [b'{"n": 1}'], 10,
                "the command at the device")

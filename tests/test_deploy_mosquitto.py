@@ -79,7 +79,7 @@ def test_a_device_cannot_write_to_another_devices_topic(connect):
 
 def test_a_device_reads_only_its_own_commands(connect):
     xray1, xray2 = connect("xray-1"), connect("xray-2")
-    operator = connect("operator")
+    operator = connect("fleet")
     assert xray1.wait_connected() and xray2.wait_connected() and operator.wait_connected()
 
     # Mosquitto 2.0 grants wildcard subscriptions and filters each message by the read ACL on
@@ -152,3 +152,35 @@ def test_make_credentials_rejects_names_that_would_break_topics(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "invalid name 'ward/7'" in done.stderr
+
+
+def test_only_the_fleet_account_may_command_a_device(connect):
+    """A device (even about itself), a dashboard: refused on commands/#; the fleet account:
+    delivered, retained. Devices still publish every event kind, fleet reports included."""
+    xray1 = connect("xray-1")
+    xray2 = connect("xray-2")
+    fleet_account, dashboard = connect("fleet"), connect("dashboard")
+    assert all(c.wait_connected() for c in (xray1, xray2, fleet_account, dashboard))
+    assert xray1.subscribe("medge/site-a/xray-1/commands/#") == 1
+    assert dashboard.subscribe("medge/#") == 1
+
+    forged = b'{"action": "deploy"}'
+    for topic in ("medge/site-a/xray-1/commands/fleet", "medge/site-a/xray-1/commands",
+                  "medge/site-a/xray-2/commands/fleet"):
+        assert xray1.publish(topic, forged) == NOT_AUTHORIZED, topic
+        assert xray2.publish(topic, forged) == NOT_AUTHORIZED, topic
+    assert dashboard.publish("medge/site-a/xray-1/commands/fleet", forged) == NOT_AUTHORIZED
+    # ... nor the site's target record, which only the fleet account writes.
+    assert xray1.publish("medge/site-a/_fleet/target", forged) == NOT_AUTHORIZED
+    assert stays_false(lambda: xray1.received("medge/site-a/xray-1/commands/fleet"), 0.5)
+
+    command = b'{"action": "deploy", "signed": true}'
+    assert fleet_account.publish("medge/site-a/xray-1/commands/fleet", command, retain=True) == 0
+    wait_until(lambda: xray1.received("medge/site-a/xray-1/commands/fleet") == [command], 5, "the fleet command")
+    assert fleet_account.publish("medge/site-a/_fleet/target", b'{"target": 1}', retain=True) == 0
+    wait_until(lambda: dashboard.received("medge/site-a/_fleet/target") == [b'{"target": 1}'], 5, "the target")
+
+    for kind in ("result", "status", "heartbeat", "error", "fleet", "shadow"):
+        assert xray1.publish(f"medge/site-a/xray-1/{kind}", b"{}") == 0, kind
+    # One level deeper than a kind is nobody's topic.
+    assert xray1.publish("medge/site-a/xray-1/result/extra", b"{}") == NOT_AUTHORIZED

@@ -1,5 +1,5 @@
 """The device installs medge[edge] only: nothing under medge.edge may pull in TensorFlow,
-Keras, the host-side packages (medge.train, medge.convert, medge.dashboard), or the root `medge`
+Keras, the host-side packages (medge.train, medge.convert, medge.dashboard, medge.fleet), or the root `medge`
 package (cli/: the command line, demo, local broker), which itself imports edge."""
 import ast
 import subprocess
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 EDGE_DIR = Path(__file__).resolve().parents[1] / "edge"
-FORBIDDEN = ("tensorflow", "keras", "tf2onnx", "medge.train", "medge.convert", "medge.dashboard")
+FORBIDDEN = ("tensorflow", "keras", "tf2onnx", "medge.train", "medge.convert", "medge.dashboard", "medge.fleet")
 # The root package's own modules (cli/*.py, found on disk so a new one is covered without an edit).
 ROOT_MODULES = tuple(sorted(f"medge.{path.stem}" for path in (EDGE_DIR.parent / "cli").glob("*.py")
                             if path.stem != "__init__"))
@@ -19,7 +19,7 @@ def test_importing_every_edge_module_never_imports_tensorflow():
         "for module in pkgutil.walk_packages(medge.edge.__path__, 'medge.edge.'):\n"
         "    importlib.import_module(module.name)\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx') "
-        "or m.startswith(('medge.train', 'medge.convert', 'medge.dashboard')) "
+        "or m.startswith(('medge.train', 'medge.convert', 'medge.dashboard', 'medge.fleet')) "
         f"or m in {ROOT_MODULES!r})\n"
         "print(len([m for m in sys.modules if m.startswith('medge.edge')]))\n"
         "assert not bad, bad\n"

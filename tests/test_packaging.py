@@ -16,7 +16,7 @@ def test_the_wheel_installs_a_working_medge(tmp_path):
     wheel = next((tmp_path / "dist").glob("medge-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ("medge/main.py", "medge/edge/sources/watch.py", "medge/train/pipeline.py",
-                     "medge/convert/pipeline.py", "medge/dashboard/static/index.html",
+                     "medge/convert/pipeline.py", "medge/dashboard/static/index.html", "medge/fleet/cli.py",
                      "medge/edge/schemas/result.schema.json", "medge/edge/schemas/bundle.schema.json",
                      "medge/data/pneumoniamnist_28.npz", "medge/data/chest_xray_samples/NORMAL/IM-0115-0001.jpeg"):
         assert expected in names, expected

@@ -103,7 +103,8 @@ def test_predict_prints_rounded_scores_and_no_runtime_chatter(int8_bundle, image
     assert "XNNPACK" not in quiet.stderr and quiet.stderr.strip() == ""
     line = json.loads(quiet.stdout)
     numbers = re.findall(r'"(?:score|threshold|normal|pneumonia)": (-?[0-9.e-]+)', quiet.stdout)
-    assert len(numbers) == 4 and all(len(n.split(".")[-1]) <= 6 for n in numbers), quiet.stdout
+    expected = 4 + (2 if "ood" in line else 0)  # the OOD guard's {score, threshold} too
+    assert len(numbers) == expected and all(len(n.split(".")[-1]) <= 6 for n in numbers), quiet.stdout
     assert line["score"] == round(line["score"], 6)
     verbose = run("--verbose")
     assert verbose.returncode == 0 and "XNNPACK" in verbose.stderr

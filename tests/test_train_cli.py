@@ -127,7 +127,7 @@ def test_bad_data_ends_with_one_line_and_a_non_zero_exit(tmp_path, trained_run):
     (("--filters", "16,0"), "--filters: must be one or more positive integers"),
     (("--val-split", 0.6, "--test-split", 0.5), "val_split + test_split: must leave images to train on"),
     (("--patience", -1), "--patience: must be an integer >= 0"),
-    (("--arch", "resnet"), "'resnet' is not one of 'cnn', 'mobilenetv2', 'efficientnetb0'"),
+    (("--arch", "resnet"), "'resnet' is not one of 'auto', 'cnn', 'resnet18', 'mobilenetv2', 'efficientnetb0'"),
 ])
 def test_bad_train_options_stop_in_one_line_before_a_run_folder_exists(tmp_path, args, message):
     done = medge("train", "--out", tmp_path / "run", *args)

@@ -240,7 +240,7 @@ def test_cli_choices_and_config_errors_come_from_the_table():
     from medge.train.cli import train_command
 
     option = next(p for p in train_command.params if p.name == "arch")
-    assert list(option.type.choices) == list(ARCHITECTURES)
+    assert list(option.type.choices) == ["auto", *ARCHITECTURES]
     with pytest.raises(ConfigError, match="choose from " + ", ".join(ARCHITECTURES)):
         TrainConfig(arch="resnet")
     result = CliRunner().invoke(cli, ["train", "--help"])

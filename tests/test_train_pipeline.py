@@ -32,7 +32,7 @@ def test_metrics_json_has_the_documented_keys_and_sane_clinical_figures(trained_
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["classes"] == ["normal", "pneumonia"]
     assert metrics["task"] == "binary" and metrics["positive_class"] == "pneumonia"
-    assert metrics["threshold_policy"] == "youden" and 0.0 < metrics["threshold"] < 1.0
+    assert metrics["threshold_policy"] == "youden-bootstrap" and 0.0 < metrics["threshold"] < 1.0
     assert PreprocessSpec.from_dict(metrics["preprocessing"]).input_shape == (28, 28, 1)
     assert metrics["data"]["format"] == "npz" and metrics["data"]["counts"]["test"] == [234, 390]
     assert metrics["model"]["arch"] == "cnn" and metrics["model"]["params"] > 1000
@@ -59,8 +59,10 @@ def test_load_run_rebuilds_the_splits_and_the_saved_model_reproduces_the_test_au
     dataset = run.load_dataset()
     test = dataset.splits["test"]
     assert test.x.shape == (624, 28, 28, 1) and test.x.dtype == np.float32
-    model = run.load_model()
-    scores = model.predict(test.x, verbose=0)[:, 0]
+    from medge.train.calibration import ScoreModel
+
+    # The run's scores are calibrated (logits / its temperature): its threshold is on that scale.
+    scores = ScoreModel(run.load_model()).scores(test.x).probabilities(run.temperature)[:, 1]
     assert roc_auc(test.y, scores) == pytest.approx(run.metrics["test"]["auc"], abs=1e-6)
     predicted = (scores >= run.threshold).astype(int)
     assert (predicted == test.y).mean() == pytest.approx(run.metrics["test"]["accuracy"], abs=1e-6)

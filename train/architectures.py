@@ -25,6 +25,10 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {arch.name: arch for arch in (
     Architecture("cnn", "the classic Conv2D/ReLU/MaxPool stack", builder="medge.train.models:build_cnn", normalization="unit"),
+    # The MedMNIST v2 baseline "ResNet-18 (28)": 3x3 stride-1 stem, no initial max-pool (train/resnet.py).
+    Architecture("resnet18", "ResNet-18 for small inputs (3x3 stem, no max-pool; MedMNIST baseline)",
+                 builder="medge.train.resnet:build_resnet", normalization="unit",
+                 options={"widths": (64, 128, 256, 512), "blocks": (2, 2, 2, 2)}),
     # Keras backbones were pretrained on [-1, 1] (MobileNetV2) or take 0..255 and rescale
     # inside (EfficientNet).
     Architecture("mobilenetv2", "Keras MobileNetV2 (alpha 0.35) backbone", builder="medge.train.models:build_backbone",
@@ -53,5 +57,10 @@ def builder(arch: Architecture):
     return getattr(importlib.import_module(module), function)
 
 
+# `--arch auto` picks one of the from-scratch rows by the rule in train/recipe.py (docs/train.md).
+AUTO = "auto"
+
+
 def help_text() -> str:
-    return "; ".join(f"{arch.name}: {arch.summary}" for arch in ARCHITECTURES.values()) + "."
+    return (f"{AUTO}: cnn or resnet18 by dataset size and input size (docs/train.md); "
+            + "; ".join(f"{arch.name}: {arch.summary}" for arch in ARCHITECTURES.values()) + ".")

@@ -7,8 +7,8 @@ import click
 
 from medge.edge.errors import ConfigError
 
-from .architectures import ARCHITECTURES, help_text
-from .config import AUGMENTATIONS, DEFAULT_AUGMENT, INTERPOLATIONS, TrainConfig
+from .architectures import ARCHITECTURES, AUTO, help_text
+from .config import AUGMENTATIONS, CLASS_WEIGHTS, DEFAULT_AUGMENT, INTERPOLATIONS, SCHEDULES, TrainConfig
 
 DEFAULTS = TrainConfig()
 
@@ -34,33 +34,52 @@ def _csv(value, convert=str) -> tuple | None:
 @click.option("--val-split", type=float, default=DEFAULTS.val_split, help="Fraction carved from train when the data has no val split.")
 @click.option("--test-split", type=float, default=DEFAULTS.test_split, help="Fraction carved from train when the data has no test split.")
 @click.option("--limit", type=int, help="Use at most this many training images (stratified; for quick runs; >= 1).")
-@click.option("--arch", type=click.Choice(list(ARCHITECTURES)), default=DEFAULTS.arch, help=help_text())
+@click.option("--arch", type=click.Choice([AUTO, *ARCHITECTURES]), default=DEFAULTS.arch, help=help_text())
 @click.option("--weights", default=DEFAULTS.weights,
               help="Backbone weights: imagenet (Keras download), none, or a local .weights.h5 file.")
 @click.option("--input-size", type=int, default=DEFAULTS.input_size, help="Model input height = width in pixels.")
-@click.option("--channels", type=click.Choice(["1", "3"]), help="Model input channels [default: 1 for cnn, 3 for backbones].")
+@click.option("--channels", type=click.Choice(["1", "3"]), help="Model input channels [default: the data's: 3 for colour images, 1 for grey; 3 for backbones].")
 @click.option("--interpolation", type=click.Choice(INTERPOLATIONS), default=DEFAULTS.interpolation)
 @click.option("--filters", default=",".join(map(str, DEFAULTS.filters)), help="cnn: filters per conv block.")
 @click.option("--batch-norm/--no-batch-norm", default=DEFAULTS.batch_norm, help="cnn: BatchNormalization after each conv.")
 @click.option("--dropout", type=float, default=DEFAULTS.dropout)
 @click.option("--dense-units", type=int, default=DEFAULTS.dense_units, help="cnn: hidden dense layer size (0 = none).")
 @click.option("--pooling", type=click.Choice(["global", "flatten"]), default=DEFAULTS.pooling, help="cnn: head input.")
-@click.option("--epochs", type=int, default=DEFAULTS.epochs, help="Maximum epochs (early stopping on validation AUC).")
+@click.option("--epochs", type=int, help="Maximum epochs [default: from the dataset size, ~3000 steps, 20-100].")
 @click.option("--batch-size", type=int, default=DEFAULTS.batch_size)
 @click.option("--learning-rate", type=float, default=DEFAULTS.learning_rate)
-@click.option("--patience", type=int, default=DEFAULTS.patience, help="Epochs without validation-AUC gain before stopping.")
+@click.option("--patience", type=int, help="Epochs without gain of the 3-epoch mean validation AUC before stopping "
+              "[default: a fifth of the epochs, >= 5].")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=DEFAULTS.schedule,
+              help="Learning rate: cosine (linear warm-up, cosine decay) or plateau (halved when validation AUC stalls).")
+@click.option("--warmup-epochs", type=int, help="cosine: warm-up epochs [default: ~200 steps, <= 10 % of the epochs].")
+@click.option("--label-smoothing", type=float, default=DEFAULTS.label_smoothing, help="Label smoothing of the loss (0 = none).")
+@click.option("--bn-momentum", type=float, help="Batch-norm moving-average momentum [default: about one epoch, 0.9-0.99].")
+@click.option("--max-minutes", type=float, default=DEFAULTS.max_minutes,
+              help="Stop training past this many minutes, keeping the best epoch so far.")
+@click.option("--search", type=int, default=DEFAULTS.search,
+              help="Run N Optuna trials (validation only) first and train with the best configuration (search.json).")
+@click.option("--search-epochs", type=int, default=DEFAULTS.search_epochs, help="--search: epochs per trial.")
 @click.option("--augment", default=",".join(DEFAULT_AUGMENT),
               help=f"Training-only augmentations, comma-separated from {', '.join(AUGMENTATIONS)}; or none.")
-@click.option("--class-weight", type=click.Choice(["auto", "none"]), default=DEFAULTS.class_weight,
-              help="auto: weight classes inversely to their frequency.")
+@click.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), default=DEFAULTS.class_weight,
+              help="balanced: inverse class frequency; sqrt: its square root; auto: none up to 10:1 imbalance, else sqrt.")
 @click.option("--seed", type=int, default=DEFAULTS.seed, help="Seed for splits, initialisation, shuffling, augmentation.")
 @click.option("--ensemble", type=int, default=DEFAULTS.ensemble, help="Train K members (seeds seed..seed+K-1), save their average.")
+@click.option("--task", type=click.Choice(("auto", "ordinal")), default=DEFAULTS.task,
+              help="ordinal: the classes are grades in order (e.g. retinopathy 0-4): also report quadratic-weighted "
+                   "kappa and mean absolute grade error.")
+@click.option("--ensemble-archs", help="Ensemble members' architectures in turn, e.g. cnn,resnet18 "
+              "(sets --ensemble to at least their number; they must share one preprocessing).")
 @click.option("--threshold-policy", default=DEFAULTS.threshold_policy,
-              help="Operating threshold chosen on validation: youden, sensitivity:0.95, specificity:0.9 or fixed:0.5.")
+              help="Binary operating threshold, chosen on calibrated validation scores: youden-bootstrap (median of "
+                   "the Youden thresholds of bootstrap resamples), youden, sensitivity:0.95, specificity:0.9 or fixed:0.5.")
 @click.option("--bootstrap", type=int, default=DEFAULTS.bootstrap, help="Bootstrap resamples for the AUC 95% interval.")
+@click.option("--refer-accuracy", type=float, default=DEFAULTS.refer_accuracy,
+              help="Refer band: accuracy the decided validation images must reach; the rest are `refer`.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress.")
 @click.option("--verbose", "-v", is_flag=True, help="Also show TensorFlow's own log lines (hidden by default).")
-def train_command(data, quiet, verbose, classes, filters, augment, channels, **options):
+def train_command(data, quiet, verbose, classes, filters, augment, channels, ensemble_archs, **options):
     """Train a classifier on DATA and write a run folder.
 
     DATA is a MedMNIST-style .npz, a class-per-folder image tree (DATA/{train,val,test}/CLASS/*.png
@@ -73,6 +92,7 @@ def train_command(data, quiet, verbose, classes, filters, augment, channels, **o
     augment_names = () if str(augment).strip().lower() in ("none", "") else _csv(augment)
     try:
         config = TrainConfig(data=data, classes=_csv(classes), filters=_csv(filters, int), augment=augment_names,
+                             ensemble_archs=_csv(ensemble_archs),
                              channels=int(channels) if channels else None, verbose=not quiet, **options)
     except ConfigError as error:
         raise ConfigError(_as_flag(str(error))) from None

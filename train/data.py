@@ -45,6 +45,43 @@ class Split:
         return Split(self.x[indices], self.y[indices], [self.names[i] for i in indices])
 
 
+class SealedSplitError(RuntimeError):
+    """Code read the images or labels of a sealed split (the test split before final evaluation):
+    a bug that would let the test set leak into a choice (threshold, temperature, epochs, arch)."""
+
+
+class SealedSplit:
+    """The test split while training and every choice made on validation run: its size and class
+    counts (for the log and metrics.json) are known, its images, labels and subsets are not.
+    `Dataset.unseal` hands the real Split back, once, for the final evaluation."""
+
+    def __init__(self, split: Split):
+        self._split = split
+        self._labels_seen = np.bincount(split.y) if len(split) else np.zeros(0, np.int64)
+        self.names = split.names  # file names ("test[12]") say nothing about labels or pixels
+
+    def __len__(self):
+        return len(self._split)
+
+    def counts(self, n_classes: int) -> list[int]:
+        return np.pad(self._labels_seen, (0, max(0, n_classes - len(self._labels_seen)))).astype(int).tolist()
+
+    def _refuse(self, what: str):
+        raise SealedSplitError(f"the test split is sealed until the final evaluation: {what} may not be read "
+                               "while the model, its epochs, temperature or threshold are being chosen")
+
+    @property
+    def x(self):
+        self._refuse("its images")
+
+    @property
+    def y(self):
+        self._refuse("its labels")
+
+    def subset(self, indices):
+        self._refuse("a subset of it")
+
+
 @dataclass
 class Dataset:
     path: Path
@@ -75,6 +112,18 @@ class Dataset:
         if self.skipped:
             lines.append(f"  skipped {len(self.skipped)} non-image file(s), e.g. {self.skipped[0][0]} ({self.skipped[0][1]})")
         return "\n".join(lines)
+
+    def seal(self, name: str = "test") -> None:
+        """From now until `unseal`, reading this split's images or labels raises SealedSplitError."""
+        if name in self.splits and not isinstance(self.splits[name], SealedSplit):
+            self.splits[name] = SealedSplit(self.splits[name])
+
+    def unseal(self, name: str = "test") -> Split | None:
+        """The real split back, for the final evaluation only (None when there is no such split)."""
+        split = self.splits.get(name)
+        if isinstance(split, SealedSplit):
+            split = self.splits[name] = split._split
+        return split
 
     def limit_train(self, train: Split) -> None:
         """Train on `train` (a subset of the training split) from now on; describe() says so."""
@@ -341,7 +390,9 @@ def label_index(label: str, classes: list[str], class_map: dict | None, where) -
 def _preprocess_all(items, names, spec: PreprocessSpec) -> np.ndarray:
     x = np.empty((len(items),) + spec.input_shape, dtype=np.float32)
     for index, (item, name) in enumerate(zip(items, names)):
-        pixels = decode_image(item, name=str(item)).pixels if isinstance(item, Path) else to_display_pixels(item, name)
+        # spec: a JPEG decodes reduced exactly as on the device (PreprocessSpec.jpeg_reduction)
+        pixels = (decode_image(item, name=str(item), spec=spec).pixels if isinstance(item, Path)
+                  else to_display_pixels(item, name))
         x[index] = preprocess(pixels, spec)
     return x
 

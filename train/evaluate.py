@@ -1,6 +1,7 @@
 """Clinical evaluation: AUC with a bootstrap 95% interval, sensitivity, specificity, PPV, NPV, F1
-with Wilson 95% intervals, confusion matrix, calibration (ECE); multi-class: per-class one-vs-rest
-AUC, macro AUC, confusion matrix.
+with Wilson 95% intervals, confusion matrix, calibration (ECE, 15 bins; Brier score); multi-class:
+per-class one-vs-rest AUC and sensitivity, macro AUC, balanced accuracy, confusion matrix;
+ordinal (graded) classes: quadratic-weighted kappa and mean absolute grade error.
 
 Pure numpy so the same numbers can be computed anywhere (the converter's accuracy gate too).
 """
@@ -93,25 +94,49 @@ def auc_interval(y_true, scores, n: int = 1000, seed: int = 0) -> tuple[list[flo
     return ci, None
 
 
-def expected_calibration_error(y_true, probabilities, bins: int = 10) -> float | None:
+def expected_calibration_error(y_true, probabilities, bins: int = 15) -> float | None:
     """ECE: the mean gap between confidence and accuracy over equal-width confidence bins,
-    weighted by bin size (binary: P(positive) against the positive rate)."""
+    weighted by bin size (binary: P(positive) against the positive rate; multi-class: top-class
+    confidence against accuracy). One definition, in medge.train.calibration."""
+    from .calibration import expected_calibration_error as ece
+
+    return ece(y_true, probabilities, bins)
+
+
+def brier_score(y_true, probabilities) -> float | None:
+    """Binary: mean (P(positive) - y)^2; multi-class: mean over cases of sum_k (p_k - [y = k])^2."""
+    from .calibration import brier_score as brier
+
+    return brier(y_true, probabilities)
+
+
+def quadratic_weighted_kappa(y_true, y_pred, n_classes: int) -> float | None:
+    """Cohen's kappa with quadratic weights (grades k and j disagree by ((k - j) / (K - 1))^2):
+    1 = perfect, 0 = chance agreement. None when every case and prediction is one grade."""
+    observed = np.asarray(confusion_matrix(y_true, y_pred, n_classes), dtype=np.float64)
+    total = observed.sum()
+    if total == 0:
+        return None
+    grades = np.arange(n_classes)
+    weights = (grades[:, None] - grades[None, :]) ** 2 / float((n_classes - 1) ** 2)
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / total
+    denominator = (weights * expected).sum()
+    return float(1.0 - (weights * observed).sum() / denominator) if denominator > 0 else None
+
+
+def ordinal_metrics(y_true, probabilities) -> dict:
+    """Graded classes (class order = grade order): kappa and mean absolute grade error of the
+    argmax decision, and the error of the expected grade sum_k k p_k."""
     y_true = np.asarray(y_true).astype(np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    if len(y_true) == 0:
-        return None
-    if probabilities.ndim == 1:
-        confidence, outcome = probabilities, (y_true == 1).astype(np.float64)
-    else:
-        predicted = probabilities.argmax(axis=1)
-        confidence, outcome = probabilities.max(axis=1), (predicted == y_true).astype(np.float64)
-    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
-    gap = 0.0
-    for b in range(bins):
-        members = which == b
-        if members.any():
-            gap += members.sum() * abs(confidence[members].mean() - outcome[members].mean())
-    return float(gap / len(y_true))
+    n_classes = probabilities.shape[1]
+    y_pred = probabilities.argmax(axis=1)
+    expected_grade = probabilities @ np.arange(n_classes)
+    return {
+        "quadratic_weighted_kappa": quadratic_weighted_kappa(y_true, y_pred, n_classes),
+        "mean_absolute_grade_error": float(np.mean(np.abs(y_pred - y_true))) if len(y_true) else None,
+        "mean_absolute_expected_grade_error": float(np.mean(np.abs(expected_grade - y_true))) if len(y_true) else None,
+    }
 
 
 def _auc_any(y_true, probabilities) -> float | None:
@@ -162,14 +187,18 @@ def binary_metrics(y_true, p_positive, threshold: float, bootstrap: int = 1000, 
         "npv": _ratio(tn, tn + fn),
         "npv_ci95": wilson_interval(tn, tn + fn),
         "f1": f1,
+        "balanced_accuracy": (sensitivity + _ratio(tn, tn + fp)) / 2.0
+        if sensitivity is not None and tn + fp else None,
         "ece": expected_calibration_error(y_true, p_positive),
+        "brier": brier_score(y_true, p_positive),
         "threshold": float(threshold),
         "tp": tp, "tn": tn, "fp": fp, "fn": fn,
         "confusion_matrix": confusion_matrix(y_true, y_pred, 2),
     }
 
 
-def multiclass_metrics(y_true, probabilities, classes: list[str], bootstrap: int = 1000, seed: int = 0) -> dict:
+def multiclass_metrics(y_true, probabilities, classes: list[str], bootstrap: int = 1000, seed: int = 0,
+                       ordinal: bool = False) -> dict:
     """Argmax decisions; per-class one-vs-rest AUC, sensitivity, specificity; macro AUC with CI."""
     y_true = np.asarray(y_true).astype(np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -195,7 +224,7 @@ def multiclass_metrics(y_true, probabilities, classes: list[str], bootstrap: int
     mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
     auc_ci, auc_note = auc_interval(y_true, probabilities, n=bootstrap, seed=seed)
     correct = int((y_pred == y_true).sum())
-    return {
+    result = {
         "n": int(len(y_true)),
         "auc": macro,  # macro one-vs-rest AUC
         "auc_ci95": auc_ci,
@@ -203,6 +232,10 @@ def multiclass_metrics(y_true, probabilities, classes: list[str], bootstrap: int
         "accuracy": _ratio(correct, len(y_true)),
         "accuracy_ci95": wilson_interval(correct, len(y_true)),
         "ece": expected_calibration_error(y_true, probabilities),
+        "brier": brier_score(y_true, probabilities),
+        # The mean per-class sensitivity (recall): accuracy that every class counts in equally.
+        "balanced_accuracy": mean(defined("sensitivity")),
+        "sensitivity_per_class": {name: m["sensitivity"] for name, m in per_class.items()},
         # Macro averages, so the same keys exist for binary and multi-class runs.
         "sensitivity": mean(defined("sensitivity")),
         "specificity": mean(defined("specificity")),
@@ -211,15 +244,18 @@ def multiclass_metrics(y_true, probabilities, classes: list[str], bootstrap: int
         "per_class": per_class,
         "confusion_matrix": confusion_matrix(y_true, y_pred, len(classes)),
     }
+    if ordinal:
+        result.update(ordinal_metrics(y_true, probabilities))
+    return result
 
 
 def evaluate_probabilities(y_true, probabilities, classes: list[str], threshold: float,
-                           bootstrap: int = 1000, seed: int = 0) -> dict:
+                           bootstrap: int = 1000, seed: int = 0, ordinal: bool = False) -> dict:
     """Model outputs (binary: (N,) or (N,1) P(classes[1]); multi-class: (N,K)) -> metrics dict."""
     probabilities = np.asarray(probabilities)
     if len(classes) == 2:
         return binary_metrics(y_true, probabilities.reshape(len(probabilities), -1)[:, -1], threshold, bootstrap, seed)
-    return multiclass_metrics(y_true, probabilities, classes, bootstrap, seed)
+    return multiclass_metrics(y_true, probabilities, classes, bootstrap, seed, ordinal=ordinal)
 
 
 def _fmt(value) -> str:

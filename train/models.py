@@ -15,6 +15,7 @@ from medge.edge.errors import ConfigError, InputError
 
 from .architectures import Architecture, architecture, builder
 from .config import TrainConfig
+from .recipe import bn_momentum
 
 
 def output_layer(n_classes: int, name: str = "probabilities"):
@@ -34,7 +35,7 @@ def build_cnn(input_shape, n_classes: int, config: TrainConfig, arch: Architectu
             x = layers.Conv2D(filters, 3, padding="same", use_bias=not config.batch_norm,
                               name=f"block{block}_conv{conv}")(x)
             if config.batch_norm:
-                x = layers.BatchNormalization(name=f"block{block}_bn{conv}")(x)
+                x = layers.BatchNormalization(momentum=bn_momentum(config), name=f"block{block}_bn{conv}")(x)
             x = layers.ReLU(name=f"block{block}_relu{conv}")(x)
         if min(x.shape[1], x.shape[2]) >= 2 * 2:
             x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
@@ -111,7 +112,24 @@ def build_ensemble(members: list[keras.Model], name: str = "ensemble") -> keras.
     return keras.Model(inputs, outputs, name=name)
 
 
-def compile_model(model: keras.Model, n_classes: int, learning_rate: float) -> None:
-    loss = "binary_crossentropy" if n_classes == 2 else "categorical_crossentropy"
+def compile_model(model: keras.Model, n_classes: int, learning_rate, label_smoothing: float = 0.0) -> None:
+    """Adam (learning_rate: a float or a keras LearningRateSchedule), cross-entropy with label smoothing."""
+    if n_classes == 2:
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+    else:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
                   metrics=[keras.metrics.AUC(name="auc")])
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int):
+    """cosine: linear warm-up from 10 % to the learning rate, then cosine decay to 1 % of it
+    (a built-in Keras schedule, so model.keras still loads without custom objects); plateau: the
+    plain rate (ReduceLROnPlateau halves it)."""
+    if config.schedule != "cosine":
+        return config.learning_rate
+    warmup = min(config.warmup_epochs or 0, max(0, config.epochs - 1)) * steps_per_epoch
+    total = config.epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.learning_rate * (0.1 if warmup else 1.0), decay_steps=max(1, total - warmup),
+        alpha=0.01, warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup)

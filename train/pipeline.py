@@ -25,6 +25,9 @@ def train(config: TrainConfig, log=None) -> Path:
     """Train as configured and write the run folder; returns its path."""
     log = log or (print if config.verbose else (lambda *_: None))
     started = time.perf_counter()
+    from .recipe import resolve, resolve_channels
+
+    config = resolve_channels(config)  # colour data trains in colour (read before loading)
     spec = PreprocessSpec(height=config.input_size, width=config.input_size, channels=config.input_channels,
                           interpolation=config.interpolation, normalization=config.normalization)
     dataset = load_dataset(config.data, classes=config.classes, spec=spec, val_split=config.val_split,
@@ -35,6 +38,10 @@ def train(config: TrainConfig, log=None) -> Path:
         raise InputError(f"{dataset.path}: no validation data (add a val split or set --val-split > 0)")
     # --limit applies before anything is printed, so the counts shown are the ones trained on.
     dataset.limit_train(limit_split(dataset.splits["train"], config.limit, config.seed))
+    from .selection import seal_test
+
+    seal_test(dataset, config)  # no choice below may read the test split: it raises until the final evaluation
+    config = resolve(config, dataset)  # every "auto" made concrete from the training split's size and labels
     log(dataset.describe())
     log(settings_line(config, spec))
     out = resolve_out(config)
@@ -50,12 +57,18 @@ def train(config: TrainConfig, log=None) -> Path:
 
 def _train_into(out: Path, config: TrainConfig, dataset: Dataset, spec: PreprocessSpec, started: float, log) -> Path:
     train_split = dataset.splits["train"]
+    from .recipe import member_config
+
     members, histories = [], []
+    if config.search:
+        from .search import run_search
+
+        config = run_search(out, config, dataset, log)  # validation only; writes search.json
     for member in range(config.ensemble):
         seed = config.seed + member
         if config.ensemble > 1:
             log(f"ensemble member {member + 1}/{config.ensemble} (seed {seed})")
-        model, history = fit_member(config, dataset, train_split, seed, log,
+        model, history = fit_member(member_config(config, member), dataset, train_split, seed, log,
                                     name=f"member{member}" if config.ensemble > 1 else None,
                                     members_after=config.ensemble - member - 1)
         members.append(model)
@@ -68,16 +81,16 @@ def _train_into(out: Path, config: TrainConfig, dataset: Dataset, spec: Preproce
     (out / HISTORY_FILE).write_text(json.dumps(histories[0] if len(histories) == 1 else {"members": histories}, indent=2))
 
     from .evaluate import evaluate_probabilities
-    from .thresholds import choose_threshold, parse_policy
+    from .selection import choose_on_validation, final_figures, validation_figures
 
     classes = dataset.classes
     val = dataset.splits["val"]
-    val_probabilities = predict(model, val.x)
-    if dataset.task == "binary":
-        policy = str(parse_policy(config.threshold_policy))
-        threshold = choose_threshold(policy, val.y, val_probabilities[:, 0])
-    else:
-        policy, threshold = "argmax", 0.5  # multi-class decides by argmax; threshold unused
+    # Temperature, then the threshold on the calibrated scores: validation only (test is sealed).
+    from .recipe import class_weight_vector
+
+    chosen = choose_on_validation(model, val, dataset.task, config, log, save_to=out / MODEL_FILE,
+                                  class_weights=class_weight_vector(train_split.y, len(classes), config.class_weight))
+    val_probabilities, threshold, policy = chosen.val_probabilities, chosen.threshold, chosen.policy
     metrics = {
         "medge_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -86,30 +99,51 @@ def _train_into(out: Path, config: TrainConfig, dataset: Dataset, spec: Preproce
         "positive_class": classes[1] if dataset.task == "binary" else None,
         "threshold": threshold,
         "threshold_policy": policy,
+        "threshold_ci95": chosen.threshold_ci95,  # bootstrap of validation: where the rule could have put it
+        "ordinal": chosen.ordinal,
         "preprocessing": spec.to_dict(),
         "data": dataset.to_dict(),
         "model": {"name": config.name or default_name(dataset), "version": str(config.version),
-                  "arch": config.arch, "params": int(model.count_params()), "ensemble": config.ensemble,
+                  "arch": "+".join(config.ensemble_archs) if config.ensemble_archs else config.arch,
+                  "params": int(model.count_params()), "ensemble": config.ensemble,
                   "input_shape": list(spec.input_shape),
                   "output": "sigmoid P(positive_class)" if dataset.task == "binary" else "softmax in class order"},
         "training": {"seconds": round(train_seconds, 1), "train_samples": len(train_split),
                      "epochs_run": [len(h.get("loss", [])) for h in histories],
                      "best_epoch": [best_epoch(h) for h in histories], "config": config.to_dict()},
-        "val": evaluate_probabilities(val.y, val_probabilities, classes, threshold, config.bootstrap, config.seed),
+        "val": evaluate_probabilities(val.y, val_probabilities, classes, threshold, config.bootstrap, config.seed,
+                                      ordinal=chosen.ordinal),
     }
+    metrics["val"]["calibration"] = validation_figures(chosen, val.y)
+    metrics["calibration"] = final_figures(chosen, val.y, chosen.val_scores, "val")
+    from . import refer
+
+    # The refer band (train/refer.py), on the calibrated validation probabilities the device will see.
+    metrics["refer"] = refer.refer_metrics(dataset.task, classes, threshold, val.y, val_probabilities,
+                                           target=config.refer_accuracy)
     test_probabilities = None
-    if "test" in dataset.splits and len(dataset.splits["test"]):
-        test = dataset.splits["test"]
-        test_probabilities = predict(model, test.x)
+    test = dataset.unseal("test")  # every choice is frozen: the final evaluation may read it now
+    if test is not None and len(test):
+        test_scores = chosen.scores(test.x)
+        test_probabilities = test_scores.probabilities(chosen.temperature)
         metrics["test"] = evaluate_probabilities(test.y, test_probabilities, classes, threshold,
-                                                 config.bootstrap, config.seed)
-    metrics["warnings"] = learning_warnings(metrics, histories)
+                                                 config.bootstrap, config.seed, ordinal=chosen.ordinal)
+        metrics["calibration"] = final_figures(chosen, test.y, test_scores, "test")
+        metrics["test"]["calibration"] = {key: metrics["calibration"][key] for key in
+                                          ("temperature", "ece_before", "ece_after", "brier_before", "brier_after")}
+    if test_probabilities is not None:  # the refer band's figures on test: reported, never chosen on
+        refer.add_test(metrics["refer"], test.y, test_probabilities, classes, dataset.task, threshold)
+    metrics["warnings"] = learning_warnings(metrics, histories) + refer.warnings_for(metrics["refer"])
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
 
     from .plots import write_plots
     from .report import write_report
 
-    plots = write_plots(out, histories, dataset, metrics, test_probabilities)
+    shown_y, shown_scores = (test.y, test_scores) if test_probabilities is not None else (val.y, chosen.val_scores)
+    reliability = dict(y=shown_y, before=chosen.as_trained(shown_scores), temperature=chosen.temperature,
+                       after=shown_scores.probabilities(chosen.temperature), split=metrics["calibration"]["split"])
+    plots = write_plots(out, histories, dataset, metrics, test_probabilities, reliability=reliability)
+    plots["Refer band: coverage against accuracy on decided images"] = refer.plot(out / refer.PLOT, metrics["refer"])
     write_report(out, metrics, plots)
     log(summary_line(metrics, out))
     for warning in metrics["warnings"]:
@@ -117,11 +151,14 @@ def _train_into(out: Path, config: TrainConfig, dataset: Dataset, spec: Preproce
     return out
 
 
-def fit_member(config: TrainConfig, dataset: Dataset, train_split, seed: int, log, name=None, members_after: int = 0):
+def fit_member(config: TrainConfig, dataset: Dataset, train_split, seed: int, log, name=None, members_after: int = 0,
+               epoch_hook=None):
     import keras
 
     from .augment import augmentation_layers, make_dataset
-    from .models import build_model, compile_model
+    from .callbacks import EpochHook, SmoothedEarlyStopping, TimeBudget
+    from .models import build_model, compile_model, learning_rate_schedule
+    from .recipe import class_weight_vector, steps_per_epoch
 
     keras.utils.set_random_seed(seed)
     # Same seed, same data, same machine -> the same model: multi-threaded CPU kernels are
@@ -131,22 +168,26 @@ def fit_member(config: TrainConfig, dataset: Dataset, train_split, seed: int, lo
     tf.config.experimental.enable_op_determinism()
     n_classes = len(dataset.classes)
     model = build_model(dataset.spec.input_shape, n_classes, config, name=name)
-    compile_model(model, n_classes, config.learning_rate)
+    steps = steps_per_epoch(len(train_split), config.batch_size)
+    compile_model(model, n_classes, learning_rate_schedule(config, steps), config.label_smoothing)
     x_train = train_split.x
     value_range = (float(x_train.min()), float(x_train.max())) if len(x_train) else (0.0, 1.0)
     augmentation = augmentation_layers(config.augment, value_range, seed)
-    weights = sample_weights(train_split.y, n_classes) if config.class_weight == "auto" else np.ones(len(train_split.y), np.float32)
+    weights = class_weight_vector(train_split.y, n_classes, config.class_weight)[train_split.y].astype(np.float32)
     train_data = make_dataset(x_train, (targets(train_split.y, n_classes), weights), config.batch_size,
                               shuffle=True, seed=seed, augmentation=augmentation)
     val = dataset.splits["val"]
     val_data = make_dataset(val.x, targets(val.y, n_classes), config.batch_size)
     callbacks = [
-        # Restores the best validation-AUC epoch at the end: model.keras is the best checkpoint.
-        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=config.patience,
-                                      restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.5,
-                                          patience=max(2, config.patience // 3), min_lr=1e-5),
+        # Restores the epoch with the best smoothed validation AUC: model.keras is that checkpoint.
+        SmoothedEarlyStopping("val_auc", patience=config.patience, min_epochs=(config.warmup_epochs or 0) + config.patience),
+        TimeBudget(config.max_minutes * 60 / config.ensemble if config.max_minutes else None, log),
     ]
+    if epoch_hook is not None:  # --search: report each epoch to Optuna's pruner
+        callbacks.append(EpochHook(epoch_hook))
+    if config.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.5,
+                                                           patience=max(2, config.patience // 3), min_lr=1e-5))
     if config.verbose:  # --quiet: no per-epoch lines (the summary and any warnings still print)
         callbacks.append(EpochLog(config.epochs, log, members_after))
     result = model.fit(_unpack_weights(train_data), validation_data=val_data, epochs=config.epochs, shuffle=False,
@@ -194,7 +235,7 @@ def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
 
 
 def best_epoch(history: dict) -> int | None:
-    values = history.get("val_auc")
+    values = history.get("val_auc_smoothed") or history.get("val_auc")
     return int(np.argmax(values)) + 1 if values else None
 
 
@@ -212,11 +253,15 @@ def default_name(dataset: Dataset) -> str:
 
 def settings_line(config: TrainConfig, spec: PreprocessSpec) -> str:
     """What this run really uses, after defaults: the line to compare with what was asked for."""
-    shape = f"filters {','.join(map(str, config.filters))}, " if config.arch == "cnn" else f"weights {config.weights}, "
+    shape = (f"filters {','.join(map(str, config.filters))}, " if config.arch == "cnn"
+             else "" if not config.architecture.pretrained else f"weights {config.weights}, ")
+    schedule = (f"warm-up {config.warmup_epochs} epochs + cosine" if config.schedule == "cosine" else "halved on plateaus")
     return (f"training {config.arch} ({shape}input {spec.height}x{spec.width}x{spec.channels}): up to {config.epochs} "
-            f"epochs (early stopping, patience {config.patience}), batch {config.batch_size}, learning rate "
-            f"{config.learning_rate:g}, augment {','.join(config.augment) or 'none'}, class weights {config.class_weight}, "
-            f"seed {config.seed}" + (f", ensemble of {config.ensemble}" if config.ensemble > 1 else ""))
+            f"epochs (early stopping on the 3-epoch mean validation AUC, patience {config.patience}), batch "
+            f"{config.batch_size}, learning rate {config.learning_rate:g} ({schedule}), label smoothing "
+            f"{config.label_smoothing:g}, batch-norm momentum {config.bn_momentum}, augment "
+            f"{','.join(config.augment) or 'none'}, class weights {config.class_weight}, seed {config.seed}"
+            + (f", ensemble of {config.ensemble}" if config.ensemble > 1 else ""))
 
 
 def summary_line(metrics: dict, out: Path) -> str:

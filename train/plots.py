@@ -11,6 +11,7 @@ CURVES = "training_curves.png"
 ROC = "roc.png"
 CONFUSION = "confusion_matrix.png"
 SAMPLES = "samples.png"
+RELIABILITY = "reliability.png"
 
 
 def _pyplot():
@@ -22,9 +23,14 @@ def _pyplot():
     return plt
 
 
-def write_plots(out: Path, histories: list[dict], dataset, metrics: dict, test_probabilities) -> dict[str, str]:
-    """Writes every plot that the data allows; returns {title: file name}."""
+def write_plots(out: Path, histories: list[dict], dataset, metrics: dict, test_probabilities,
+                reliability: dict | None = None) -> dict[str, str]:
+    """Writes every plot that the data allows; returns {title: file name}. `reliability`: y, before,
+    after (probabilities at T = 1 and at the fitted temperature), temperature, split."""
     written = {"Training and validation loss / AUC": plot_curves(out / CURVES, histories)}
+    if reliability is not None:
+        written[f"Reliability diagram ({reliability['split']}), before and after calibration"] = plot_reliability(
+            out / RELIABILITY, **reliability)
     split_name = "test" if "test" in metrics else "val"
     split = dataset.splits[split_name]
     probabilities = test_probabilities
@@ -87,6 +93,39 @@ def plot_roc(path: Path, y_true, probabilities, classes, metrics: dict) -> str:
              title="ROC", xlim=(0, 1), ylim=(0, 1.01))
     axis.legend(fontsize=8, loc="lower right")
     axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path.name
+
+
+def plot_reliability(path: Path, y, before, after, temperature: float, split: str) -> str:
+    """Two panels, before (T = 1) and after temperature scaling: per 15 equal-width bins the
+    observed rate against the mean confidence (binary: P(positive) and the positive rate;
+    multi-class: top-class confidence and accuracy), bar width = the bin, the count on top."""
+    from .calibration import ECE_BINS, expected_calibration_error, reliability_bins
+
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.8), sharey=True)
+    binary = np.asarray(before).shape[1] == 2
+    for axis, probabilities, title in ((axes[0], before, "before calibration (T = 1)"),
+                                       (axes[1], after, f"after temperature scaling (T = {temperature:.3f})")):
+        rows = reliability_bins(y, probabilities, ECE_BINS)
+        filled = [r for r in rows if r["count"]]
+        axis.bar([r["low"] for r in filled], [r["observed"] for r in filled], width=1.0 / ECE_BINS, align="edge",
+                 alpha=0.7, edgecolor="black", label="observed rate")
+        axis.plot([r["confidence"] for r in filled], [r["observed"] for r in filled], "o", color="darkred",
+                  markersize=4, label="mean confidence per bin")
+        for r in filled:
+            axis.text(r["low"] + 0.5 / ECE_BINS, min(1.0, r["observed"]) + 0.02, str(r["count"]), ha="center",
+                      fontsize=6)
+        axis.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+        ece = expected_calibration_error(y, probabilities)
+        axis.set(title=f"{title}\nECE {ece:.3f} ({split}, {len(y)} images)", xlim=(0, 1), ylim=(0, 1.08),
+                 xlabel="P(positive class)" if binary else "top-class confidence")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("observed positive rate" if binary else "accuracy")
+    axes[0].legend(fontsize=7, loc="upper left")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

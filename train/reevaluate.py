@@ -34,10 +34,14 @@ def evaluate_run(run_path, data=None, split: str | None = None, labels_csv=None,
     if len(chosen) == 0:
         raise InputError(f"{dataset.path}: split {split!r} has no images")
     log(dataset.describe())
-    model = run.load_model()
-    probabilities = np.asarray(model.predict(chosen.x, batch_size=256, verbose=0), dtype=np.float32)
+    from .calibration import ScoreModel, calibration_figures
+
+    # The run's temperature applies: its threshold is on the calibrated scores, as on the device.
+    scores = ScoreModel(run.load_model()).scores(chosen.x)
+    probabilities = scores.probabilities(run.temperature)
     threshold = run.threshold if threshold is None else float(threshold)
-    metrics = evaluate_probabilities(chosen.y, probabilities, run.classes, threshold, bootstrap)
+    metrics = evaluate_probabilities(chosen.y, probabilities, run.classes, threshold, bootstrap, ordinal=run.ordinal)
+    metrics["calibration"] = calibration_figures(chosen.y, scores, run.temperature)
     name = dataset.path.stem if dataset.path.is_file() else dataset.path.name
     out = Path(out).expanduser().resolve() if out else run.path / "evaluations" / f"{name}-{split}"
     out.mkdir(parents=True, exist_ok=True)
@@ -54,15 +58,19 @@ def evaluate_run(run_path, data=None, split: str | None = None, labels_csv=None,
         "model": run.metrics.get("model", {}),
         "data": {**dataset.to_dict(), "split": split},
         "test": metrics,
+        "calibration": {**metrics["calibration"], "split": split, "fitted_on": "the run's validation split"},
     }
     (out / EVALUATION_FILE).write_text(json.dumps(result, indent=2))
 
-    from .plots import plot_confusion, plot_roc
+    from .plots import plot_confusion, plot_reliability, plot_roc
     from .report import write_report
 
     plots = {f"ROC curve ({split})": plot_roc(out / "roc.png", chosen.y, probabilities, run.classes, metrics),
              f"Confusion matrix ({split}, threshold {threshold:.3f})":
-                 plot_confusion(out / "confusion_matrix.png", metrics["confusion_matrix"], run.classes)}
+                 plot_confusion(out / "confusion_matrix.png", metrics["confusion_matrix"], run.classes),
+             f"Reliability diagram ({split}), before and after calibration":
+                 plot_reliability(out / "reliability.png", chosen.y, scores.probabilities(1.0), probabilities,
+                                  run.temperature, split)}
     write_report(out, result, plots, title="medge evaluation", file_name="evaluation.md")
     log(f"{split} ({len(chosen)} images): {summary_figures(metrics)}")
     if metrics.get("auc_ci_note"):

@@ -23,9 +23,20 @@ def metrics_table(split: dict, classes: list[str]) -> list[str]:
         f"| specificity{macro} | {with_interval(split, 'specificity')} |",
         f"| precision (PPV) | {with_interval(split, 'precision')} |",
         f"| F1 | {_fmt(split.get('f1'))} |",
-        f"| calibration error (ECE) | {_fmt(split.get('ece'))} |",
-        f"| images | {split.get('n')} |",
+        f"| balanced accuracy | {_fmt(split.get('balanced_accuracy'))} |",
+        f"| calibration error (ECE, 15 bins) | {_fmt(split.get('ece'))} |",
+        f"| Brier score | {_fmt(split.get('brier'))} |",
     ]
+    if split.get("quadratic_weighted_kappa") is not None or split.get("mean_absolute_grade_error") is not None:
+        rows += [f"| quadratic-weighted kappa (ordinal) | {_fmt(split.get('quadratic_weighted_kappa'))} |",
+                 f"| mean absolute grade error | {_fmt(split.get('mean_absolute_grade_error'))} |"]
+    calibration = split.get("calibration")
+    if calibration:
+        rows += [f"| ECE before / after calibration | {_fmt(calibration.get('ece_before'))} / "
+                 f"{_fmt(calibration.get('ece_after'))} (T = {calibration['temperature']:.3f}) |",
+                 f"| Brier before / after calibration | {_fmt(calibration.get('brier_before'))} / "
+                 f"{_fmt(calibration.get('brier_after'))} |"]
+    rows += [f"| images | {split.get('n')} |"]
     if split.get("auc_ci_note"):
         rows += ["", f"Note: {split['auc_ci_note']}."]
     if not macro:
@@ -59,8 +70,24 @@ def write_report(out: Path, metrics: dict, plots: dict[str, str], title: str | N
         f"- data: {data.get('path')} ({data.get('format')}), counts {data.get('counts')}"
         + (f", {data['skipped']} non-image file(s) skipped" if data.get("skipped") else ""),
         f"- preprocessing: {metrics['preprocessing']}",
-        f"- operating threshold: {metrics['threshold']:.4f} ({metrics['threshold_policy']}, chosen on validation)",
+        f"- operating threshold: {metrics['threshold']:.4f} ({metrics['threshold_policy']}, chosen on calibrated "
+        "validation scores" + (f"; bootstrap 95% interval {metrics['threshold_ci95'][0]:.3f}-"
+                               f"{metrics['threshold_ci95'][1]:.3f}" if metrics.get("threshold_ci95") else "") + ")",
     ]
+    if metrics.get("calibration"):
+        calibration = metrics["calibration"]
+        lines.append(f"- calibration: temperature scaling, T = {calibration['temperature']:.3f} fitted on validation "
+                     f"(divides the logits before the {'sigmoid' if len(classes) == 2 else 'softmax'}; the bundle "
+                     f"and the device apply it); {calibration.get('split', 'test')} ECE "
+                     f"{_fmt(calibration.get('ece_before'))} -> {_fmt(calibration.get('ece_after'))}, Brier "
+                     f"{_fmt(calibration.get('brier_before'))} -> {_fmt(calibration.get('brier_after'))}"
+                     + (f" ({calibration['validation']['note']})" if (calibration.get("validation") or {}).get("note")
+                        else "")
+                     + ("; the class weights' prior shift is undone (logits - log weight, folded into the last "
+                        "layer's bias: it lowered the validation NLL)"
+                        if (calibration.get("prior_correction") or {}).get("applied") else ""))
+    if metrics.get("ordinal"):
+        lines.append("- ordinal task: the classes are grades in this order; kappa and grade error below")
     if metrics.get("training"):
         lines.append(f"- training time: {metrics['training']['seconds']} s on {metrics['training']['train_samples']} images")
     if metrics.get("warnings"):
@@ -68,6 +95,9 @@ def write_report(out: Path, metrics: dict, plots: dict[str, str], title: str | N
     for split in ("test", "val"):
         if split in metrics:
             lines += ["", f"## {'Test' if split == 'test' else 'Validation'} results", ""] + metrics_table(metrics[split], classes)
+    from .refer import report_lines
+
+    lines += report_lines(metrics)
     if plots:
         lines += ["", "## Plots", ""]
         for caption, name in plots.items():

@@ -33,6 +33,15 @@ class Run:
         return float(self.metrics["threshold"])
 
     @property
+    def temperature(self) -> float:
+        """The calibration temperature fitted on validation (1.0 for runs made before calibration)."""
+        return float((self.metrics.get("calibration") or {}).get("temperature") or 1.0)
+
+    @property
+    def ordinal(self) -> bool:
+        return bool(self.metrics.get("ordinal"))
+
+    @property
     def positive_class(self) -> str | None:
         return self.metrics.get("positive_class")
 

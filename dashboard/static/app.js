@@ -131,6 +131,7 @@ function render() {
   renderVersions();
   renderKpis();
   renderDevices();
+  renderFleet();
   renderFilters();
   renderResults();
   renderErrors();
@@ -184,6 +185,7 @@ function renderKpis() {
   $("kpi-positives").textContent = totals.positives || 0;
   $("kpi-rate").textContent = lastMinute;
   $("kpi-errors").textContent = (totals.errors || 0) + (totals.invalid || 0);
+  if ($("kpi-refers")) $("kpi-refers").textContent = totals.refers || 0;
 }
 
 function deviceState(dev) {
@@ -203,7 +205,7 @@ function renderDevices() {
     const last = dev.last_result;
     const model = el("dd", {class: dev.version_mismatch ? "mismatch" : null,
       text: (dev.model_label || "unknown") + (dev.version_mismatch ? " ⚠ differs" : "")});
-    const lastText = last ? (last.status === "classified" ? `${last.class} · ${fmtNum(last.score)}` : "not applicable") : "–";
+    const lastText = last ? (last.status === "classified" ? `${last.decision === "refer" ? "refer · " : ""}${last.class} · ${fmtNum(last.score)}` : "not applicable") : "–";
     return el("article", {class: `device is-${state}`, "data-device": dev.key, "data-state": state},
       el("div", {class: "device-head"},
         el("div", {}, el("div", {class: "device-name", text: dev.device}), el("div", {class: "device-site", text: `site ${dev.site}`})),
@@ -216,8 +218,10 @@ function renderDevices() {
         el("dt", {text: "Device counters"}),
         el("dd", {text: `${counters.processed ?? "–"} processed · ${counters.rejected ?? "–"} rejected · ${counters.queued ?? "–"} queued`}),
         ...pacsLine(dev.pacs),
-        el("dt", {text: "Last result"}), el("dd", {class: last && last.positive ? "last-positive" : null, text: lastText}),
-        el("dt", {text: "Findings"}), el("dd", {text: `${dev.positives} positive · ${plural(dev.errors, "error")}`}),
+        ...fleetLine(dev.fleet),
+        ...driftLine(dev.drift),
+        el("dt", {text: "Last result"}), el("dd", {class: last && last.decision === "refer" ? "last-refer" : (last && last.positive ? "last-positive" : null), text: lastText}),
+        el("dt", {text: "Findings"}), el("dd", {class: "findings", text: `${dev.positives} positive · ${dev.refers || 0} refer · ${plural(dev.errors, "error")}`}),
         dev.state === "offline" ? el("dt", {text: "Offline since"}) : null,
         dev.state === "offline" ? el("dd", {text: `${fmtTime(dev.state_since)} (${dev.reason || "no reason"})`}) : null));
   }));
@@ -232,6 +236,64 @@ function pacsLine(pacs) {
   if (pacs.queued && pacs.last_event === "pacs_down") text += " · PACS down";
   return [el("dt", {text: "PACS"}),
     el("dd", {class: `pacs${pacs.warning ? " pacs-warning" : ""}`, "data-warning": pacs.warning ? "true" : "false", text})];
+}
+
+// Input drift (edge/drift.py) from the device's heartbeat: PSI of the recent window against the
+// bundle's validation reference; the device decides `alert` (enough inputs, PSI past its level).
+function driftLine(drift) {
+  if (!drift) return [];
+  const pct = (value) => (value === null || value === undefined) ? "–" : `${Math.round(value * 100)}%`;
+  let text = drift.psi === null || drift.psi === undefined ? "no reference in the bundle" : `PSI ${fmtNum(drift.psi, 2)}`;
+  text += ` · ${drift.window_n} inputs · OOD ${pct(drift.ood_rate)} · refer ${pct(drift.refer_rate)}`;
+  if (drift.alert) text += " · DRIFT";
+  else if (drift.min_window && drift.window_n < drift.min_window) text += ` (alerts from ${drift.min_window})`;
+  return [el("dt", {text: "Input drift"}),
+    el("dd", {class: `drift${drift.alert ? " drift-alert" : ""}`, "data-alert": drift.alert ? "true" : "false", text})];
+}
+
+// Fleet rollout (dashboard/fleet.py): the server decides on_target/failed so the page and
+// `medge monitor` agree.
+const modelText = (model) => model ? `${model.name} ${model.version}` : "–";
+function shadowText(shadow) {
+  if (!shadow) return "–";
+  const agreement = shadow.agreement === null || shadow.agreement === undefined ? "" : ` · ${fmtNum(shadow.agreement)}`;
+  return `${shadow.seen}/${shadow.target}${agreement}`;
+}
+function rolloutText(fleet) {
+  let text = fleet.state.replace("_", " ");
+  if (fleet.candidate && (fleet.in_progress || fleet.failed)) text += ` ${modelText(fleet.candidate)}`;
+  if (fleet.state === "shadow" && fleet.shadow) text += ` (${shadowText(fleet.shadow)})`;
+  return text;
+}
+function fleetLine(fleet) {
+  if (!fleet) return [];
+  const out = [el("dt", {text: "Rollout"}),
+    el("dd", {class: `rollout rollout-${fleet.state}`, "data-state": fleet.state, text: rolloutText(fleet)})];
+  if (fleet.on_target === false) out.push(el("dt", {text: "Site target"}),
+    el("dd", {class: "off-target", text: `${modelText(fleet.target)} ⚠ not running`}));
+  return out;
+}
+function renderFleet() {
+  const devices = data.summary.devices.filter((dev) => dev.fleet);
+  const targets = data.summary.targets || {};
+  $("fleet").hidden = devices.length === 0 && Object.keys(targets).length === 0;
+  // The operator's signed record, verified when the dashboard has the key (--fleet-key).
+  const trust = data.summary.target_trust || {};
+  $("fleet-targets").textContent = Object.entries(targets)
+    .map(([site, model]) => `site ${site} target: ${modelText(model)} (${trust[site] || "unverified"})`).join(" · ");
+  $("fleet-body").replaceChildren(...devices.map((dev) => {
+    const fleet = dev.fleet;
+    const target = fleet.on_target === null ? "–" : (fleet.on_target ? "✓ runs target" : `⚠ not ${modelText(fleet.target)}`);
+    return el("tr", {"data-device": dev.key, "data-state": fleet.state,
+      class: fleet.failed ? "rollout-failed" : (fleet.on_target === false ? "off-target-row" : null)},
+      el("td", {text: dev.site}), el("td", {text: dev.device}),
+      el("td", {class: "active-cell", text: modelText(fleet.active), title: fleet.active ? fleet.active.sha256 || "" : ""}),
+      el("td", {class: "candidate-cell", text: modelText(fleet.candidate)}),
+      el("td", {class: "state-cell", text: fleet.state.replace("_", " ")}),
+      el("td", {class: "num shadow-cell", text: shadowText(fleet.shadow)}),
+      el("td", {class: "reason-cell", text: fleet.reason || ""}),
+      el("td", {class: "target-cell", text: target}));
+  }));
 }
 
 function tickAges() {
@@ -260,14 +322,16 @@ function renderResults() {
   const site = $("filter-site").value, device = $("filter-device").value, cls = $("filter-class").value;
   const positivesOnly = $("filter-positive").checked;
   const rows = data.results.filter((row) => (!site || row.site === site) && (!device || row.device === device)
-    && (!cls || row.class === cls) && (!positivesOnly || row.positive));
+    && (!cls || row.class === cls) && (!positivesOnly || (row.positive && row.decision !== "refer")));
   $("results-count").textContent = `${rows.length} of ${data.results.length} recent results`;
   $("results-body").replaceChildren(...rows.slice(-MAX_SHOWN).reverse().map((row) => {
     const classified = row.status === "classified";
-    return el("tr", {class: row.positive ? "positive" : (classified ? null : "not-applicable"), "data-id": row.id},
+    const refer = classified && row.decision === "refer";  // uncertain: its own colour, never a positive
+    return el("tr", {class: refer ? "refer" : (row.positive ? "positive" : (classified ? null : "not-applicable")),
+      "data-id": row.id, "data-decision": row.decision || null},
       el("td", {text: fmtTime(row.received), title: row.ts}),
       el("td", {text: row.site}), el("td", {text: row.device}), el("td", {text: row.source}),
-      el("td", {class: "class-cell", text: classified ? row.class : `not applicable${row.reason ? ": " + row.reason : ""}`}),
+      el("td", {class: "class-cell", text: refer ? `refer (${row.class})` : (classified ? row.class : `not applicable${row.reason ? ": " + row.reason : ""}`)}),
       el("td", {class: "num", text: fmtNum(row.score)}), el("td", {class: "num", text: fmtNum(row.threshold)}),
       el("td", {text: row.model}), el("td", {class: "num", text: fmtMs(row.total_ms)}));
   }));

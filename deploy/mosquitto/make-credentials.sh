@@ -10,7 +10,7 @@
 #              one goes into the rendered configs). Default: localhost and 127.0.0.1
 #   -d DEVICE  an edge device; its MQTT username is DEVICE and it may publish only under
 #              medge/<site>/DEVICE/ (pattern ACL)
-#   -u USER    a role account from the ACL file: dashboard, operator
+#   -u USER    a role account from the ACL file: dashboard, fleet (the only account that may command devices)
 #   -b SITE    (central broker) credentials and ACL block for the bridge of site SITE, and a
 #              rendered bridge.conf to install on that site's broker
 #   -D DAYS    validity of server and client certificates (default 825)
@@ -97,6 +97,10 @@ if [ ! -f "$out/server.crt" ]; then
 fi
 
 [ -f "$out/acl" ] || cp "$here/acl" "$out/acl"
+if grep -q '^pattern write medge/+/%u/#' "$out/acl"; then
+    # The ACL of earlier releases let a device write its own commands/ topic.
+    echo "make-credentials.sh: warning: $out/acl lets devices write commands/#: replace its device lines with those of $here/acl" >&2
+fi
 touch "$out/passwd"
 server_name="$(openssl x509 -in "$out/server.crt" -noout -subject -nameopt multiline | sed -n 's/^ *commonName *= *//p')"
 

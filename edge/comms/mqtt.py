@@ -105,6 +105,10 @@ class Publisher:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_problem: str | None = None
+        # Messages *to* the device (edge/fleet: its commands/fleet topic): topic -> callback(payload
+        # bytes) on paho's network thread; subscribed again on every connect (retained ones re-arrive).
+        self.subscriptions: dict = {}
+        self.on_connected: list = []  # callbacks after each connect (the fleet re-sends its retained report)
         self.client = self._make_client()
 
     # ------------------------------------------------------------------ set-up
@@ -116,7 +120,21 @@ class Publisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
+
+    def subscribe(self, topic: str, callback) -> None:
+        """Hand every message on `topic` (exact name, QoS 1) to `callback(payload)`; call before start()."""
+        self.subscriptions[topic] = callback
+
+    def _on_message(self, client, userdata, message):
+        callback = self.subscriptions.get(message.topic)
+        if callback is None:
+            return
+        try:
+            callback(bytes(message.payload))
+        except Exception:  # a bad command must not stop paho's network thread
+            log.exception("handling a message on %s failed", message.topic)
 
     def _set_will(self, client: mqtt.Client) -> None:
         # Registered again before every (re)connect, so its will_set_at is that connection's.
@@ -141,6 +159,13 @@ class Publisher:
         log.info("connected to %s", self.config.mqtt.broker)
         self._connected.set()
         self._publish(self.config.topic("status"), encode(self.status_payload("online", None)), qos=1, retain=True)
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=1)
+        for callback in list(self.on_connected):
+            try:
+                callback()
+            except Exception:
+                log.exception("after connecting")
         self._wake.set()
 
     def _on_connect_fail(self, client, userdata):

@@ -14,6 +14,9 @@ from ..schemas import load_schema
 
 DEFAULT_PREFIX = "medge"
 COMMANDS = "commands"
+# The reserved device level of operator records about a whole site: {prefix}/{site}/_fleet/target.
+# No device can take this name (device names start with a letter or digit: make-credentials.sh).
+FLEET_DEVICE = "_fleet"
 
 # How a monitor folds a kind into what it shows (dashboard/state.py, dashboard/store.py):
 RESULT = "result"  # a feed row per message; alerts on positives
@@ -51,6 +54,13 @@ KINDS: dict[str, MessageKind] = {kind.name: kind for kind in (
                 description="every heartbeat interval: counters, latency, stage and source health"),
     MessageKind("error", qos=1, retain=False, role=EVENT, has_id=True,
                 description="rejected input, source down/up, outbox full"),
+    MessageKind("fleet", qos=1, retain=True, role=LATEST, has_id=False,
+                description="model rollout state: active/candidate/previous model, shadow agreement (edge/fleet)"),
+    MessageKind("shadow", qos=0, retain=False, role=LATEST, has_id=False,
+                description="a shadow run's candidate answer beside the active model's; never a clinical result"),
+    # Published by the fleet operator (medge fleet), not a device: on {prefix}/{site}/_fleet/target.
+    MessageKind("target", qos=1, retain=True, role=LATEST, has_id=False,
+                description="the site's target model, signed by the fleet operator (medge fleet deploy/rollback)"),
 )}
 
 

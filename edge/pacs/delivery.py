@@ -34,6 +34,7 @@ from .senders import CStoreSender, PacsUnavailable, StowSender
 log = logging.getLogger("medge.edge.pacs")
 
 BATCH = 20  # objects per association / STOW request
+REMEMBERED_MODELS = 4  # active + previous + a candidate or two: more only costs memory
 
 
 def build_delivery(config, bundle, on_event, explainer=None) -> PacsDelivery | None:
@@ -49,10 +50,14 @@ def build_delivery(config, bundle, on_event, explainer=None) -> PacsDelivery | N
     if not senders:
         return None
     preload(stow=bool(settings.stow))
-    finding = bundle.positive_class or bundle.classes[-1]
-    return PacsDelivery(senders, DeliveryQueue(config.state_dir / "pacs.sqlite3"), finding=finding,
+    return PacsDelivery(senders, DeliveryQueue(config.state_dir / "pacs.sqlite3"), finding=finding_of(bundle),
                         device=config.device, kinds=settings.outputs, retry_min_s=settings.retry_min_s,
                         retry_max_s=settings.retry_max_s, on_event=on_event, explainer=explainer)
+
+
+def finding_of(bundle) -> str:
+    """The condition the SR/SC report on: the bundle's positive class (the last class if none)."""
+    return bundle.positive_class or bundle.classes[-1]
 
 
 def preload(stow: bool = False) -> None:
@@ -110,12 +115,16 @@ def decode_job_pixels(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
 class PacsDelivery:
     def __init__(self, senders, queue: DeliveryQueue, *, finding: str, device: str, kinds=("sr", "sc"),
                  retry_min_s: float = 1.0, retry_max_s: float = 60.0, on_event=None, explainer=None):
-        """`explainer(model_input) -> heatmap` (the daemon's: edge/explain.py with its model);
-        None: SCs without heatmap."""
+        """`explainer(classifier, model_input) -> heatmap` (the daemon's: edge/explain.py); None:
+        SCs without heatmap. `finding`: for a job whose model is not remembered (see `remember`)."""
         self.senders = list(senders)
         self.explainer = explainer
         self.queue = queue
         self.finding = finding
+        # The models results came from, by model sha256 (what each stored job's payloads name): a
+        # job is written after the input, maybe after a fleet switch, so its finding and heatmap
+        # must come from the model that classified it, not from the one active at writing time.
+        self._models: dict[str, tuple[str, object]] = {}
         self.device = device
         self.kinds = tuple(kinds)
         self.retry_min_s = retry_min_s
@@ -128,7 +137,28 @@ class PacsDelivery:
         self._lock = threading.Lock()
         self.stats = {"written": 0, "delivered": 0, "refused": 0, "retries": 0, "unwritable": 0}
 
-    # ------------------------------------------------------------------ the worker's hook
+    # ------------------------------------------------------------------ the worker's hooks
+    def remember(self, active) -> None:
+        """Know `active` (worker.ActiveModel) by its sha256: the daemon's start-up model, and
+        every model an input ran on (`observe`, a worker observer). The last few only."""
+        sha = str(active.info.get("sha256") or "")
+        with self._lock:
+            if sha in self._models:
+                return
+            self._models[sha] = (finding_of(active.bundle), active.classifier)
+            while len(self._models) > REMEMBERED_MODELS:
+                del self._models[next(iter(self._models))]
+
+    def observe(self, item, analysis, active, messages) -> None:
+        if getattr(item, "dataset", None) is not None:
+            self.remember(active)
+
+    def model_of(self, payloads: list[dict]) -> tuple[str, object | None]:
+        """(finding, classifier or None) of the model a job's results name."""
+        sha = str((payloads[0].get("model") or {}).get("sha256") or "") if payloads else ""
+        with self._lock:
+            return self._models.get(sha, (self.finding, None))
+
     def __call__(self, item, decoded, messages, model_input: np.ndarray | None = None) -> None:
         """Durably store the write job of one classified DICOM input (`item.dataset`), with the
         model input of its reported frame, from which the writer computes the SC's heatmap.
@@ -204,10 +234,11 @@ class PacsDelivery:
                     return
                 try:
                     frame, model_input = decode_job_pixels(job.pixels) if job.pixels else (None, None)
-                    heatmap = self._heatmap(model_input)
+                    payloads = json.loads(job.payloads)
+                    finding, classifier = self.model_of(payloads)
+                    heatmap = self._heatmap(classifier, model_input)
                     objects = write_objects(read_dicom(job.header), [] if frame is None else [frame],
-                                            json.loads(job.payloads), self.finding, self.device, self.kinds,
-                                            heatmap=heatmap)
+                                            payloads, finding, self.device, self.kinds, heatmap=heatmap)
                 except Exception as error:
                     self.queue.job_failed(job.seq, type(error).__name__)
                     self._unwritable(error)
@@ -222,13 +253,15 @@ class PacsDelivery:
                 for event in self._wake.values():
                     event.set()
 
-    def _heatmap(self, model_input: np.ndarray | None) -> np.ndarray | None:
+    def _heatmap(self, classifier, model_input: np.ndarray | None) -> np.ndarray | None:
         """The SC's heatmap (edge/explain.py), computed here rather than while the scanner waits.
-        One that cannot be made costs the SC its overlay, never the objects."""
-        if model_input is None or self.explainer is None or "sc" not in self.kinds:
+        One that cannot be made costs the SC its overlay, never the objects; so does a job whose
+        model is no longer known (queued before a restart and a switch): another model's map
+        would show where a model that did not decide looked."""
+        if model_input is None or classifier is None or self.explainer is None or "sc" not in self.kinds:
             return None
         try:
-            return self.explainer(model_input)
+            return self.explainer(classifier, model_input)
         except Exception as error:  # the class name only: nothing about the patient
             log.warning("PACS writer: SC without heatmap (%s)", type(error).__name__)
             return None

@@ -9,6 +9,10 @@ A file is taken when its size and modification time have stayed the same for `st
 still in the folder is one whose outcome is not yet stored, and nothing is processed twice
 or forgotten (the outbox's input ledger covers a crash between storing and moving).
 
+Renamed into place: on Linux a file renamed into the folder (the exporter's atomic write)
+is complete by definition, so it is taken as soon as inotify reports it, without waiting
+`stable_s` or the next poll (issue 15: idle latency); one written in place waits as above.
+
 Slow writers: on Linux the folder is also watched with inotify, so a file some process still
 holds open for writing is not taken while it keeps changing within `grace_s`, however slowly
 it is written. A file that was seen growing and does not decode yet is offered again instead
@@ -25,6 +29,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import select
 import stat as stat_mode
 import threading
 import time
@@ -69,6 +74,9 @@ class WatchFolder(Source):
         self._grew: set[str] = set()  # seen changing while watched: may still be being written
         self._writing: set[str] = set()  # inotify: modified and not closed since
         self._in_place: set[str] = set()  # inotify: created in the folder (not renamed into it)
+        self._moved_in: set[str] = set()  # inotify: renamed into the folder, untouched since: complete
+        self._events: list[tuple[int, int, str]] = []  # read by the notifier thread, drained by scan
+        self._notifier: threading.Thread | None = None
         self._odd_reported: set[str] = set()  # links to folders, reported once and left alone
         self._inotify: _inotify.Inotify | None = None
         self._watches: dict[str, int] = {}  # folder -> watch descriptor
@@ -90,6 +98,11 @@ class WatchFolder(Source):
         self._inotify = _inotify.Inotify.create()
         self._thread = threading.Thread(target=self._run, name="medge-watch", daemon=True)
         self._thread.start()
+        if self._inotify is not None:
+            self._stop_pipe = os.pipe()  # written at stop: the notifier's select returns at once
+            self._notifier = threading.Thread(target=self._notify_loop, args=(self._inotify, self._stop_pipe[0]),
+                                              name="medge-watch-notify", daemon=True)
+            self._notifier.start()
         log.info("watching %s (processed -> %s, rejected -> %s)", self.directory, self.processed_dir, self.rejected_dir)
 
     def stop(self) -> None:
@@ -97,6 +110,12 @@ class WatchFolder(Source):
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._notifier is not None:
+            os.write(self._stop_pipe[1], b"x")
+            self._notifier.join(timeout=5)
+            for fd in self._stop_pipe:
+                os.close(fd)
+            self._notifier = None
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
@@ -200,11 +219,32 @@ class WatchFolder(Source):
         self._watches[folder] = wd
         self._prefixes[wd] = prefix
 
+    def _notify_loop(self, notifier: _inotify.Inotify, stop_fd: int) -> None:
+        """The one reader of the inotify queue: keeps its events for the next scan, and wakes the
+        scan at once when a file was renamed into a watched folder (it can be taken now)."""
+        while not self._stop.is_set():
+            try:
+                readable, _, _ = select.select([notifier.fd, stop_fd], [], [])
+            except (OSError, ValueError):
+                return
+            if stop_fd in readable:
+                return
+            events = notifier.read()
+            with self._lock:
+                self._events.extend(events)
+            if any(mask & _inotify.IN_MOVED_TO for _, mask, _ in events):
+                self._wake.set()
+
+    def _take_events(self) -> list[tuple[int, int, str]]:
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
     def _drain_notifications(self) -> None:
         """Bring `_writing` up to date: modified and not yet closed = still being written."""
         if self._inotify is None:
             return
-        for wd, mask, name in self._inotify.read():
+        for wd, mask, name in self._take_events():
             if mask & _inotify.IN_Q_OVERFLOW:
                 self._writing.clear()  # events were lost: stability alone decides until the next ones
                 continue
@@ -219,10 +259,14 @@ class WatchFolder(Source):
                 continue
             if mask & (_inotify.IN_CREATE | _inotify.IN_MODIFY):
                 self._writing.add(prefix + name)
+                self._moved_in.discard(prefix + name)  # written to after its rename: judged as any file
             if mask & _inotify.IN_CREATE:
                 self._in_place.add(prefix + name)  # a writer that closes between chunks looks done
             if mask & _inotify.IN_MOVED_TO:
                 self._in_place.discard(prefix + name)  # renamed into place: written completely
+                self._moved_in.add(prefix + name)
+            if mask & (_inotify.IN_MOVED_FROM | _inotify.IN_DELETE):
+                self._moved_in.discard(prefix + name)
             if mask & (_inotify.IN_CLOSE_WRITE | _inotify.IN_MOVED_TO | _inotify.IN_MOVED_FROM | _inotify.IN_DELETE):
                 self._writing.discard(prefix + name)
 
@@ -234,6 +278,9 @@ class WatchFolder(Source):
         self._backlogged = False
         candidates = self._candidates()
         self._drain_notifications()
+        # Arrival order: a renamed file never overtakes an older one still waiting to be judged
+        # (e.g. one renamed in before the folder was watched); it waits with it instead.
+        held = False
         for name, path, stat, odd in candidates:
             present.add(name)
             signature = (stat.st_size, stat.st_mtime_ns)
@@ -241,22 +288,30 @@ class WatchFolder(Source):
                 if name in self._in_flight or name in self._stuck:
                     continue
                 previous = self._seen.get(name)
-                if previous is None or previous[0] != signature:
+                if odd is None and name in self._moved_in and not held:
+                    # Renamed into place and untouched since: complete, taken now; also when a scan
+                    # listed it before its event was read (else a later file would overtake it).
+                    pass
+                elif previous is None or previous[0] != signature:
                     if previous is not None:
                         self._grew.add(name)
                     self._seen[name] = (signature, now_mono)
                     # A backlog file that nobody has touched for stable_s is complete already.
                     if not (initial and now_wall - stat.st_mtime >= self.stable_s):
+                        held = True
                         continue
                 elif now_mono - previous[1] < self.stable_s:
+                    held = True
                     continue
                 elif odd is None and name in self._writing and now_mono - previous[1] < self.grace_s:
+                    held = True
                     continue  # still open for writing: a slow writer, not a finished file
                 if len(self._in_flight) >= self.max_in_flight:
                     self._backlogged = True  # complete, but the worker has enough: taken on a later pass
                     continue
                 self._in_flight.add(name)
                 self._seen.pop(name, None)
+                self._moved_in.discard(name)
                 self.counters["taken"] += 1
             self._submit(self._item(name, path, odd))
             submitted += 1
@@ -266,6 +321,7 @@ class WatchFolder(Source):
             self._grew &= present | self._in_flight
             self._writing &= present | self._in_flight
             self._in_place &= present | self._in_flight
+            self._moved_in &= present | self._in_flight
         return submitted
 
     def _item(self, name: str, path: Path, odd: str | None = None) -> InputItem:

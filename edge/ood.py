@@ -1,0 +1,185 @@
+"""The out-of-distribution guard on the device: is this image one the model was built for?
+
+The bundle's `ood` section and its ood.npz (fitted by medge.convert.ood_reference on the
+training split, threshold set on validation) hold class means and a whitening matrix of the
+model's penultimate features, which the model file gives as a second output. The score is
+the squared Mahalanobis distance to the nearest class mean; above the bundle's threshold the
+image is out of distribution. Exact image checks come first: a flat image (nothing to judge),
+noise or an over-smooth image (neighbouring model-input pixels differing by more, or less, than
+the training images ever do: a disconnected sensor, a test pattern or gradient), and colour where the model was trained on grey images
+or grey where it was trained on colour.
+
+`mode`: "refuse" (default: not_applicable, reason out_of_distribution, never a class),
+"warn" (classified, with a warning and the score) or "off" (not computed).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import BundleError
+
+log = logging.getLogger("medge.ood")
+
+OOD_FILE = "ood.npz"
+METHOD = "mahalanobis-penultimate"
+MODES = ("refuse", "warn", "off")
+DEFAULT_MODE = "refuse"
+REASON = "out_of_distribution"
+DEFAULT_ACCEPTANCE = 0.98
+FLAT_STD = 2.0  # grey levels: below this spread an image is (near-)constant: a lens cap, a blank export
+_COLOUR_SAMPLE = 256  # colourfulness is measured on at most this many rows/columns (cost bounded)
+
+
+def colourfulness(pixels: np.ndarray) -> float:
+    """Mean |R-G| + |G-B| over the image, 0 (grey) .. 2; a 2-D image is 0."""
+    if pixels.ndim != 3 or pixels.shape[2] < 3:
+        return 0.0
+    step = max(1, max(pixels.shape[:2]) // _COLOUR_SAMPLE)
+    sample = pixels[::step, ::step, :3].astype(np.int16)
+    return float((np.abs(sample[..., 0] - sample[..., 1]) + np.abs(sample[..., 1] - sample[..., 2])).mean() / 255.0)
+
+
+def high_frequency_ratio(model_input: np.ndarray) -> float:
+    """Mean absolute difference of neighbouring model-input pixels over their spread: ~0.5 for
+    a radiograph or photograph at any size (the device resizes it first), above 2 for noise,
+    whose pixels stay independent however much it is averaged down."""
+    x = np.asarray(model_input, dtype=np.float32).reshape(model_input.shape[0], model_input.shape[1], -1)
+    spread = float(x.std())
+    if spread == 0.0:
+        return 0.0
+    return float((np.abs(np.diff(x, axis=1)).mean() + np.abs(np.diff(x, axis=0)).mean()) / spread)
+
+
+def whitening_matrix(covariance: np.ndarray) -> np.ndarray:
+    """W with ||x @ W||^2 = x^T covariance^-1 x (Cholesky of the precision)."""
+    precision = np.linalg.inv(covariance)
+    precision = (precision + precision.T) / 2
+    return np.linalg.cholesky(precision)
+
+
+@dataclass(frozen=True)
+class OodVerdict:
+    score: float  # squared Mahalanobis distance to the nearest class mean
+    threshold: float
+    out: bool
+    check: str = "features"  # which check said out: features, flat_image, noise, smooth or colour
+
+    def to_dict(self) -> dict:
+        data = {"score": round(float(self.score), 4), "threshold": round(float(self.threshold), 4)}
+        if self.check != "features":
+            data["check"] = self.check
+        return data
+
+    def warning(self) -> str:
+        why = {"flat_image": "the image is flat", "noise": "the image is noise-like",
+               "smooth": "the image is smoother than any training image (a gradient or test pattern)",
+               "colour": "its colour does not match the training images"}
+        detail = why.get(self.check, f"OOD score {self.score:.1f} > threshold {self.threshold:.1f}")
+        return f"out of distribution ({detail}): classified only because ood mode is warn"
+
+
+class OodGuard:
+    """The bundle's reference, ready to score one image's features."""
+
+    def __init__(self, means: np.ndarray, whitening: np.ndarray, threshold: float, colour_range=(0.0, 2.0),
+                 noise_limit: float = float("inf"), smooth_limit: float = 0.0):
+        self.means = np.asarray(means, dtype=np.float32)
+        self.whitening = np.asarray(whitening, dtype=np.float32)
+        self.threshold = float(threshold)
+        self.colour_range = (float(colour_range[0]), float(colour_range[1]))
+        self.noise_limit = float(noise_limit)
+        self.smooth_limit = float(smooth_limit)
+        # ||(f - m) W||^2 = ||f W - m W||^2: whiten the means once, each input costs one (D, D) product.
+        self._white_means = self.means @ self.whitening
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.means.shape[1])
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """(N, D) features -> (N,) squared Mahalanobis distance to the nearest class mean."""
+        white = np.asarray(features, dtype=np.float32).reshape(len(features), -1) @ self.whitening
+        squared = ((white[:, None, :] - self._white_means[None]) ** 2).sum(axis=2)
+        return squared.min(axis=1).astype(np.float64)
+
+    def judge(self, features: np.ndarray, pixels: np.ndarray | None = None,
+              model_input: np.ndarray | None = None) -> OodVerdict:
+        score = float(self.distances(np.asarray(features)[None])[0])
+        if pixels is not None:
+            step = max(1, max(pixels.shape[:2]) // _COLOUR_SAMPLE)  # a strided sample: cost bounded on any size
+            if float(np.std(pixels[::step, ::step])) < FLAT_STD:
+                return OodVerdict(score, self.threshold, True, "flat_image")
+        if model_input is not None:
+            ratio = high_frequency_ratio(model_input)
+            if ratio > self.noise_limit:
+                return OodVerdict(score, self.threshold, True, "noise")
+            if ratio < self.smooth_limit:
+                return OodVerdict(score, self.threshold, True, "smooth")
+        if pixels is not None:
+            low, high = self.colour_range
+            if not low <= colourfulness(pixels) <= high:
+                return OodVerdict(score, self.threshold, True, "colour")
+        return OodVerdict(score, self.threshold, score > self.threshold)
+
+    @classmethod
+    def from_bundle(cls, bundle) -> OodGuard | None:
+        """The bundle's guard, or None (with a warning logged) for a bundle made before the guard."""
+        section = getattr(bundle.manifest, "ood", None)
+        if not section:
+            log.warning("%s: the bundle has no out-of-distribution reference (made before medge's OOD guard): "
+                        "the guard is off, every decodable image is classified; reconvert to enable it", bundle.path)
+            return None
+        path = bundle.path / section.get("file", OOD_FILE)
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                means, whitening = arrays["means"], arrays["whitening"]
+        except (OSError, KeyError, ValueError) as error:
+            raise BundleError(f"{path}: unreadable OOD reference ({error})") from None
+        if means.ndim != 2 or whitening.shape != (means.shape[1], means.shape[1]):
+            raise BundleError(f"{path}: OOD reference arrays have inconsistent shapes {means.shape}, {whitening.shape}")
+        return cls(means, whitening, section["threshold"], section.get("colour_range", (0.0, 2.0)),
+                   section.get("noise_limit", float("inf")), section.get("smooth_limit", 0.0))
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"ood mode must be one of {', '.join(MODES)}, not {mode!r}")
+    return mode
+
+
+def screen(classified: list, mode: str) -> tuple[list, list[str], dict | None]:
+    """Apply the guard to one input's classified frames [(index, Classification), ...].
+
+    Returns (the frames still reported, warnings, the `ood` record when every frame was refused:
+    the input is then not_applicable / out_of_distribution). "refuse" drops each frame out of
+    distribution (so policy "max" never picks a refused frame as the most abnormal); "warn"
+    keeps them with a warning; "off" (or a bundle without a reference) changes nothing."""
+    if mode == "off":
+        return classified, [], None
+    out = [(index, c) for index, c in classified if c.ood is not None and c.ood.out]
+    if not out:
+        return classified, [], None
+    if mode == "warn":
+        return classified, [out[0][1].ood.warning()], None
+    kept = [(index, c) for index, c in classified if c.ood is None or not c.ood.out]
+    if not kept:
+        return [], [], out[0][1].ood.to_dict()
+    return kept, [f"{len(out)} of {len(classified)} frames refused as out of distribution"], None
+
+
+@dataclass
+class OodSettings:
+    """[ood] in the edge config (MEDGE_OOD_MODE, --ood): what the daemon does with an image the
+    bundle's OOD reference says the model was not built for."""
+
+    mode: str = DEFAULT_MODE  # refuse | warn | off
+
+
+def validate_ood(settings: OodSettings) -> None:
+    from .errors import ConfigError
+
+    if settings.mode not in MODES:
+        raise ConfigError(f"ood.mode: {settings.mode!r} must be one of {', '.join(MODES)}")
