@@ -8,7 +8,7 @@ measures it on (recorded in medge.json), and whether it needs calibration data.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from medge.edge.bundle import RUNTIME_FAMILY
 from medge.edge.errors import InputError
@@ -81,6 +81,7 @@ class ExportContext:
     calibration: object = None  # float32 (n, H, W, C) or None
     progress: object = None  # callable(advance: int) ticked once per calibration sample
     output_activation: str | None = None  # set when `model` ends at the logits (see convert/head.py)
+    choices: dict = field(default_factory=dict)  # format name -> what its export chose (the report keeps it)
     _saved_model: object = None
 
     @property

@@ -318,6 +318,7 @@ def convert_one(fmt: Format, context: ExportContext, staging: Path, manifest_bas
     return {
         "format": fmt.name,
         "description": fmt.description,
+        **({"choices": context.choices[fmt.name]} if fmt.name in context.choices else {}),
         "file": fmt.file,
         "runtime": predictor.runtime_name,
         "size_bytes": path.stat().st_size,
@@ -379,7 +380,7 @@ def calibration_section(run) -> dict:
     fit = (run.metrics.get("calibration") or {}).get("validation") or {}
     keys = ("fitted_on", "bins", "ece_before", "ece_after", "brier_before", "brier_after", "nll_before", "nll_after",
             "note")
-    return clean_json({"method": "temperature" if fit else "none", "temperature": run.temperature,
+    return clean_json({"method": fit.get("method", "temperature") if fit else "none", "temperature": run.temperature,
                        **{key: fit[key] for key in keys if key in fit}})
 
 

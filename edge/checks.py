@@ -53,8 +53,7 @@ def check_bundle(config) -> CheckResult:
     from .classify import Classifier
 
     bundle = load_bundle(config.bundle, trusted_keys=config.signature.trusted_keys)
-    classifier = Classifier(bundle, runtime=config.runtime.runtime, threads=config.runtime.threads,
-                                         ood_mode=config.ood.mode)
+    classifier = Classifier.for_config(bundle, config)
     signature = f"signed by trusted key {bundle.signed_by}" if bundle.signed_by else "signature not checked (no signature.trusted_keys)"
     return CheckResult.passed(f"{bundle.name} {bundle.version}: every sha256 matches, {signature}; "
                               f"{classifier.artifact.format} on {classifier.runtime_name}")

@@ -70,6 +70,13 @@ def abnormality(probabilities: dict[str, float], classes: list[str], task: str, 
 class Classifier:
     """A loaded bundle's model, ready to classify display pixels one image at a time."""
 
+    @classmethod
+    def for_config(cls, bundle: Bundle, config) -> Classifier:
+        """The daemon's classifier for `bundle`: runtime, threads and OOD mode from the edge
+        config (one place, so a bundle switched in by the fleet runs exactly as the first)."""
+        return cls(bundle, runtime=config.runtime.runtime, threads=config.runtime.threads,
+                   ood_mode=config.ood.mode)
+
     def __init__(self, bundle: Bundle, runtime: str | None = None, threads: int | None = None,
                  format: str | None = None, ood_mode: str = DEFAULT_MODE):
         self.bundle = bundle

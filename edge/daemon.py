@@ -68,8 +68,7 @@ class EdgeDaemon:
 
             # No thread runs yet, so the runtime's own stderr lines (XNNPACK) can be hidden here.
             with quiet_native_logs(enabled=config.log.level != "DEBUG"):
-                classifier = Classifier(bundle, runtime=config.runtime.runtime, threads=config.runtime.threads,
-                                                     ood_mode=config.ood.mode)
+                classifier = Classifier.for_config(bundle, config)
         self.classifier = classifier
         self.bundle = classifier.bundle
         self.model = model_info(self.bundle, classifier.artifact)

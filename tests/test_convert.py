@@ -365,16 +365,22 @@ def test_noise_level_change_passes_and_says_so(trained_run, converted_int8_bundl
 def test_onnx_int8_keeps_the_float_models_decisions_under_default_limits(trained_run, tmp_path):
     """Issue 17: onnx-int8 failed the default gate (agreement 89.6%, specificity 0.78 -> 0.51 on a
     default run) where tflite-int8 passed: int8 weights saturate onnxruntime's u8s8 kernels on
-    x86 without VNNI. The uint8 recipe (convert/onnx_export.py) must pass the default limits."""
-    from medge.convert.onnx_export import DEFAULT_RECIPE
+    x86 without VNNI. The recipe chosen per model (convert/onnx_export.py) must pass the default limits."""
+    from medge.convert.onnx_export import CANDIDATE_RECIPES
 
     out = convert_run(trained_run, tmp_path / "bundle", "onnx-int8", limits=GateLimits())
     record = json.loads((out / REPORT_NAME).read_text())["artifacts"][0]
     assert record["passed"], record["failures"]
     assert -record["auc_delta"] <= GateLimits().max_auc_drop and record["agreement"] >= GateLimits().min_agreement
-    assert (DEFAULT_RECIPE.activations, DEFAULT_RECIPE.weights) == ("uint8", "uint8")
-    # The file really is 8-bit: its weights are stored as uint8 initializers, a quarter of float32.
+    # The recipe was chosen on the calibration (training) images, each candidate measured.
+    names = [recipe.name for recipe in CANDIDATE_RECIPES]
+    assert record["choices"]["recipe"] in names
+    assert sorted(record["choices"]["rms_output_error_on_calibration"]) == sorted(names)
+    chosen = record["choices"]["rms_output_error_on_calibration"][record["choices"]["recipe"]]
+    assert chosen == min(record["choices"]["rms_output_error_on_calibration"].values())
+    # The file really is 8-bit: its weights are stored as 8-bit initializers, a quarter of float32.
     import onnx
 
     model = onnx.load(str(out / "model_int8.onnx"))
-    assert any(init.data_type == onnx.TensorProto.UINT8 and len(init.dims) >= 2 for init in model.graph.initializer)
+    assert any(init.data_type in (onnx.TensorProto.UINT8, onnx.TensorProto.INT8) and len(init.dims) >= 2
+               for init in model.graph.initializer)

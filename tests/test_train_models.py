@@ -30,7 +30,8 @@ def test_mobilenetv2_backbone_trains_on_an_image_tree_and_exports(split_tree, tm
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["model"]["arch"] == "mobilenetv2"
     assert metrics["preprocessing"] == {"height": 32, "width": 32, "channels": 3, "interpolation": "area",
-                                        "normalization": "symmetric", "version": 1}
+                                        "normalization": "symmetric", "version": 1,
+                                        "jpeg_reduction": "auto"}
     assert metrics["data"]["format"] == "folder" and metrics["data"]["counts"]["test"] == [20, 20]
     assert metrics["test"]["auc"] is not None and len(metrics["test"]["confusion_matrix"]) == 2
     model = keras.models.load_model(run / "model.keras")

@@ -85,7 +85,10 @@ def write_report(out: Path, metrics: dict, plots: dict[str, str], title: str | N
                         else "")
                      + ("; the class weights' prior shift is undone (logits - log weight, folded into the last "
                         "layer's bias: it lowered the validation NLL)"
-                        if (calibration.get("prior_correction") or {}).get("applied") else ""))
+                        if (calibration.get("prior_correction") or {}).get("applied") else "")
+                     + (f"; a logit offset of {calibration['bias_correction']['offsets'][-1]:+.3f} (Platt scaling, "
+                        "folded into the last layer's bias) moves the shifted scores: it lowered the validation NLL"
+                        if (calibration.get("bias_correction") or {}).get("applied") else ""))
     if metrics.get("ordinal"):
         lines.append("- ordinal task: the classes are grades in this order; kappa and grade error below")
     if metrics.get("training"):

@@ -18,6 +18,7 @@ from .calibration import (
     Calibration,
     ModelScores,
     ScoreModel,
+    binary_offset,
     brier_score,
     calibrate,
     calibration_figures,
@@ -53,6 +54,7 @@ class ValidationChoices:
     val_probabilities: np.ndarray  # calibrated (N, K)
     offsets: np.ndarray | None = None  # class-weight correction folded into the model (None: not applied)
     prior_correction: dict | None = None
+    bias_correction: dict | None = None  # the binary Platt offset (train/calibration.py binary_offset)
 
     @property
     def temperature(self) -> float:
@@ -79,33 +81,44 @@ def choose_on_validation(model, val, task: str, config, log=None, class_weights=
     from .thresholds import parse_policy, threshold_with_interval
 
     scorer = ScoreModel(model)
-    val_scores = scorer.scores(val.x)
+    as_trained = val_scores = scorer.scores(val.x)
     calibration = calibrate(val_scores, val.y)
-    offsets = None if class_weights is None else class_weight_offsets(class_weights, scorer.activation)
-    prior_correction = None
-    if offsets is not None:
+    folded = np.zeros(val_scores.raw.shape[-1]) if scorer.activation is not None else None
+
+    def try_offsets(offsets, rule):
+        """Folds `offsets` into the model when validation says so: a lower NLL and no worse ECE
+        than without (each step must earn its place). Returns the record for metrics.json."""
+        nonlocal scorer, val_scores, calibration, folded
         corrected = calibrate(shifted(val_scores, offsets), val.y)
-        # Validation decides: a better likelihood and no worse calibration error than T alone.
         applied = (corrected.nll_after < calibration.nll_after
                    and corrected.ece_after <= calibration.ece_after + 1e-12)
-        prior_correction = {"rule": "logits - log(class weight): undoes class-weighted training's prior shift",
-                            "offsets": [float(o) for o in offsets], "applied": bool(applied),
-                            "val_ece_without": calibration.ece_after, "val_ece_with": corrected.ece_after,
-                            "val_nll_without": calibration.nll_after, "val_nll_with": corrected.nll_after}
+        record = {"rule": rule, "offsets": [float(o) for o in offsets], "applied": bool(applied),
+                  "val_ece_without": calibration.ece_after, "val_ece_with": corrected.ece_after,
+                  "val_nll_without": calibration.nll_after, "val_nll_with": corrected.nll_after}
         if applied:
             fold_offsets(model, offsets)
-            if save_to is not None:
-                model.save(save_to)
             scorer = ScoreModel(model)
-            raw_scores, val_scores = val_scores, scorer.scores(val.x)
+            val_scores = scorer.scores(val.x)
             calibration = calibrate(val_scores, val.y)
-            # "before" stays the model as trained: no correction, T = 1.
-            before = raw_scores.probabilities(1.0)
-            calibration.nll_before = negative_log_likelihood(raw_scores, val.y, 1.0)
-            calibration.ece_before = expected_calibration_error(val.y, before)
-            calibration.brier_before = brier_score(val.y, before)
-        else:
-            offsets = None
+            folded = folded + offsets
+        return record
+
+    offsets = None if class_weights is None else class_weight_offsets(class_weights, scorer.activation)
+    prior_correction = None if offsets is None else try_offsets(
+        offsets, "logits - log(class weight): undoes class-weighted training's prior shift")
+    offset = binary_offset(val_scores, val.y) if task == "binary" else None
+    bias_correction = None if offset is None else try_offsets(
+        offset, "Platt offset: the logit shift of lowest validation NLL, temperature refitted with it")
+    offsets = folded if folded is not None and np.any(folded) else None
+    if offsets is not None:
+        if save_to is not None:
+            model.save(save_to)
+        # "before" stays the model as trained: no correction, T = 1.
+        before = as_trained.probabilities(1.0)
+        calibration.nll_before = negative_log_likelihood(as_trained, val.y, 1.0)
+        calibration.ece_before = expected_calibration_error(val.y, before)
+        calibration.brier_before = brier_score(val.y, before)
+        calibration.method = "temperature+offset" if (bias_correction or {}).get("applied") else calibration.method
     probabilities = val_scores.probabilities(calibration.temperature)
     interval = None
     if task == "binary":
@@ -121,7 +134,7 @@ def choose_on_validation(model, val, task: str, config, log=None, class_weights=
             + (f"; {calibration.note}" if calibration.note else ""))
     return ValidationChoices(scorer, calibration, float(threshold), policy, interval,
                              getattr(config, "task", "auto") == "ordinal", val_scores, probabilities, offsets,
-                             prior_correction)
+                             prior_correction, bias_correction)
 
 
 def validation_figures(choices: ValidationChoices, y: np.ndarray) -> dict:
@@ -143,4 +156,5 @@ def final_figures(choices: ValidationChoices, y: np.ndarray, scores: ModelScores
     the temperature, and the validation fit it came from."""
     return {**split_figures(choices, y, scores), "split": split,
             "method": choices.calibration.method, "fitted_on": "validation",
-            "prior_correction": choices.prior_correction, "validation": choices.calibration.to_dict()}
+            "prior_correction": choices.prior_correction, "bias_correction": choices.bias_correction,
+            "validation": choices.calibration.to_dict()}

@@ -54,7 +54,7 @@ def load_model(path, config):
 
     bundle = load_bundle(path, trusted_keys=config.signature.trusted_keys,
                          require_signature=config.signature.required)
-    classifier = Classifier(bundle, runtime=config.runtime.runtime, threads=config.runtime.threads)
+    classifier = Classifier.for_config(bundle, config)
     return ActiveModel(classifier=classifier, bundle=bundle, info=model_info(bundle, classifier.artifact))
 
 
