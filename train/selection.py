@@ -15,6 +15,7 @@ import numpy as np
 from medge.edge.errors import ConfigError
 
 from .calibration import (
+    OFFSET_WHEN_ECE_ABOVE,
     Calibration,
     ModelScores,
     ScoreModel,
@@ -106,7 +107,8 @@ def choose_on_validation(model, val, task: str, config, log=None, class_weights=
     offsets = None if class_weights is None else class_weight_offsets(class_weights, scorer.activation)
     prior_correction = None if offsets is None else try_offsets(
         offsets, "logits - log(class weight): undoes class-weighted training's prior shift")
-    offset = binary_offset(val_scores, val.y) if task == "binary" else None
+    shifted_scores = calibration.ece_after is not None and calibration.ece_after > OFFSET_WHEN_ECE_ABOVE
+    offset = binary_offset(val_scores, val.y) if task == "binary" and shifted_scores else None
     bias_correction = None if offset is None else try_offsets(
         offset, "Platt offset: the logit shift of lowest validation NLL, temperature refitted with it")
     offsets = folded if folded is not None and np.any(folded) else None
