@@ -52,16 +52,14 @@ def parse_variant(text: str) -> tuple[str, dict]:
 def roc_auc_score(y, scores):
     """Binary AUC (Mann-Whitney, ties half), or macro one-vs-rest for (N, K) probabilities."""
     import numpy as np
-    from scipy.stats import rankdata
+
+    from medge.train.evaluate import roc_auc
 
     scores = np.asarray(scores)
     if scores.ndim == 2:
         return float(np.mean([roc_auc_score((y == k).astype(int), scores[:, k]) for k in range(scores.shape[1])
                               if 0 < np.sum(y == k) < len(y)]))
-    y = np.asarray(y).astype(bool)
-    ranks = rankdata(scores)
-    n_pos, n_neg = y.sum(), (~y).sum()
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return roc_auc(y, scores)
 
 
 def val_scores(y, probabilities):

@@ -50,13 +50,11 @@ class OodLimits:
 
 def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     """P(an OOD image scores above an in-distribution one), ties counted half (Mann-Whitney)."""
-    from scipy.stats import rankdata
+    from medge.train.evaluate import roc_auc
 
-    scores = np.concatenate([in_scores, out_scores])
+    scores = np.concatenate([in_scores, out_scores]).astype(np.float64)
     scores = np.where(np.isfinite(scores), scores, np.finfo(np.float64).max)
-    ranks = rankdata(scores)
-    n_in, n_out = len(in_scores), len(out_scores)
-    return float((ranks[n_in:].sum() - n_out * (n_out + 1) / 2) / (n_in * n_out))
+    return roc_auc(np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))], scores)
 
 
 def device_scores(guard, predictor, spec, images: list[np.ndarray]) -> np.ndarray:
@@ -139,14 +137,14 @@ def run_ood_check(run, dataset, model, staging: Path, records: list[dict], limit
     x_probe = np.stack([preprocess(image, spec) for image in probe])
     float_scores = guard.distances(float_features(model, x_probe))
     report["rank_agreement"] = {}
-    from scipy.stats import spearmanr
+    from medge.train.evaluate import rank_correlation
 
     for record in records:
         if "ood_features" not in record:
             continue
         other = create_predictor(staging / record["file"], runtime=record["runtime"])
-        report["rank_agreement"][record["format"]] = float(spearmanr(float_scores,
-                                                                     guard.distances(device_features(other, x_probe)))[0])
+        report["rank_agreement"][record["format"]] = rank_correlation(float_scores,
+                                                                      guard.distances(device_features(other, x_probe)))
     failures = _floors(report, limits)
     report["failures"] = failures
     section = reference.manifest_section()
