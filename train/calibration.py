@@ -125,19 +125,24 @@ def fit_temperature(scores: ModelScores, y: np.ndarray) -> float:
     def loss(log_t):
         return float(terms(y, np.exp(-log_t)).mean())
 
-    grid = np.linspace(-LOG_T_RANGE, LOG_T_RANGE, GRID)
-    values = np.array([loss(g) for g in grid])
-    best = int(np.argmin(values))
-    low, high = grid[max(best - 1, 0)], grid[min(best + 1, GRID - 1)]
-    ratio = (np.sqrt(5.0) - 1.0) / 2.0  # golden section: the NLL is unimodal in log T
+    # the NLL is unimodal in log T
+    return float(np.exp(grid_then_golden(loss, np.linspace(-LOG_T_RANGE, LOG_T_RANGE, GRID), 40)))
+
+
+def grid_then_golden(loss, grid: np.ndarray, iterations: int) -> float:
+    """The minimiser of a one-dimensional `loss` that is unimodal near its minimum: the best
+    point of `grid`, refined by golden-section search between its two neighbours."""
+    best = int(np.argmin([loss(float(g)) for g in grid]))
+    low, high = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
     a, b = high - ratio * (high - low), low + ratio * (high - low)
-    for _ in range(40):
-        if loss(a) < loss(b):
+    for _ in range(iterations):
+        if loss(float(a)) < loss(float(b)):
             high = b
         else:
             low = a
         a, b = high - ratio * (high - low), low + ratio * (high - low)
-    return float(np.exp((low + high) / 2.0))
+    return float((low + high) / 2.0)
 
 
 # --------------------------------------------------------------------------- calibration figures
@@ -298,19 +303,7 @@ def binary_offset(scores: ModelScores, y: np.ndarray) -> np.ndarray | None:
         moved = shifted(scores, as_offsets(b))
         return negative_log_likelihood(moved, y, fit_temperature(moved, y))
 
-    grid = np.linspace(-OFFSET_RANGE, OFFSET_RANGE, 49)
-    values = [loss(float(g)) for g in grid]
-    best = int(np.argmin(values))
-    low, high = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    ratio = (np.sqrt(5.0) - 1.0) / 2.0
-    a, b = high - ratio * (high - low), low + ratio * (high - low)
-    for _ in range(30):
-        if loss(float(a)) < loss(float(b)):
-            high = b
-        else:
-            low = a
-        a, b = high - ratio * (high - low), low + ratio * (high - low)
-    return as_offsets(float((low + high) / 2.0))
+    return as_offsets(grid_then_golden(loss, np.linspace(-OFFSET_RANGE, OFFSET_RANGE, 49), 30))
 
 
 def shifted(scores: ModelScores, offsets: np.ndarray | None) -> ModelScores:
