@@ -19,10 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from medge.edge.ood import DEFAULT_ACCEPTANCE, MODES
+from medge.edge.ood import DEFAULT_ACCEPTANCE, METHOD, MODES
 from medge.edge.preprocess import decode_image, preprocess
 
-from .ood_reference import VARIANT_TRAIN_IMAGES, display_variants, fit_reference, float_features, write_reference
+from .ood_reference import (
+    VARIANT_TRAIN_IMAGES,
+    display_variants,
+    feature_kind,
+    fit_reference,
+    float_features,
+    write_reference,
+)
 from .ood_sets import ood_sets
 
 TRANSFORMED = ("rotated", "inverted", "cropped")  # near-OOD: a rotated fundus is still a fundus
@@ -95,7 +102,6 @@ def run_ood_check(run, dataset, model, staging: Path, records: list[dict], limit
     train_variants = _inputs(display_variants(_display(dataset, [train.names[i] for i in varied]), seed=1), spec)
     val_variants = _inputs(display_variants(_display(dataset, val.names), seed=2), spec)
     reference = fit_reference(device_features(predictor, np.concatenate([train.x, train_variants])),
-                              np.concatenate([train.y, train.y[varied]]), len(run.classes),
                               device_features(predictor, np.concatenate([val.x, val_variants])), display,
                               spec.channels, limits.acceptance, train_inputs=train.x)
     # The stated acceptance holds for the validation images and their variants; report the plain images' share.
@@ -109,7 +115,7 @@ def run_ood_check(run, dataset, model, staging: Path, records: list[dict], limit
     test_display = _display(dataset, test.names)
     in_scores = device_scores(guard, predictor, spec, test_display)
     sample_display = _display(dataset, test_names)
-    report = {"mode": limits.mode, "method": "mahalanobis-penultimate", "limits": limits.to_dict(),
+    report = {"mode": limits.mode, "method": METHOD, "features": feature_kind(model), "limits": limits.to_dict(),
               "threshold": reference.threshold, "validation_acceptance": reference.validation_acceptance,
               "test_acceptance": float(np.mean(in_scores <= reference.threshold)), "n_test": len(in_scores),
               "auroc": {}, "n_images": {}, "acceptance": {}}
@@ -148,6 +154,7 @@ def run_ood_check(run, dataset, model, staging: Path, records: list[dict], limit
     failures = _floors(report, limits)
     report["failures"] = failures
     section = reference.manifest_section()
+    section["features"] = report["features"]
     section["fitted_on"]["display_variants"] = True  # counts above include one variant per varied image
     section["gate"] = {key: report[key] for key in ("auroc", "test_acceptance", "rank_agreement", "n_test")
                        if key in report}

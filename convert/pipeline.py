@@ -117,7 +117,7 @@ def convert(config: ConvertConfig, log=print) -> ConversionResult:
     records, failures = [], []
     try:
         with tempfile.TemporaryDirectory(prefix="medge-convert-") as workdir:
-            # With the OOD guard on, every exported file gives its penultimate features as a second output.
+            # With the OOD guard on, every exported file gives its features (ood_reference) as a second output.
             def exported(keras_model):
                 return (with_features(keras_model) if config.ood.mode != "off" else None) or keras_model
 

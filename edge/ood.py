@@ -1,10 +1,12 @@
 """The out-of-distribution guard on the device: is this image one the model was built for?
 
 The bundle's `ood` section and its ood.npz (fitted by medge.convert.ood_reference on the
-training split, threshold set on validation) hold class means and a whitening matrix of the
-model's penultimate features, which the model file gives as a second output. The score is
-the squared Mahalanobis distance to the nearest class mean; above the bundle's threshold the
-image is out of distribution. Exact image checks come first: a flat image (nothing to judge),
+training split, threshold set on validation) hold the mean and a low-rank-plus-isotropic
+covariance (probabilistic PCA) of the model's features, which the model file gives as a second
+output: the last convolutional feature map, pooled to a small grid, so the guard sees where
+things are as well as what (a rotated, cropped or other-modality image keeps a radiograph's
+textures but not its layout). The score is the squared Mahalanobis distance under that
+covariance; above the bundle's threshold the image is out of distribution. Exact image checks come first: a flat image (nothing to judge),
 noise or an over-smooth image (neighbouring model-input pixels differing by more, or less, than
 the training images ever do: a disconnected sensor, a test pattern or gradient), and colour where the model was trained on grey images
 or grey where it was trained on colour.
@@ -24,7 +26,7 @@ from .errors import BundleError
 log = logging.getLogger("medge.ood")
 
 OOD_FILE = "ood.npz"
-METHOD = "mahalanobis-penultimate"
+METHOD = "mahalanobis-lowrank"
 MODES = ("refuse", "warn", "off")
 DEFAULT_MODE = "refuse"
 REASON = "out_of_distribution"
@@ -53,16 +55,9 @@ def high_frequency_ratio(model_input: np.ndarray) -> float:
     return float((np.abs(np.diff(x, axis=1)).mean() + np.abs(np.diff(x, axis=0)).mean()) / spread)
 
 
-def whitening_matrix(covariance: np.ndarray) -> np.ndarray:
-    """W with ||x @ W||^2 = x^T covariance^-1 x (Cholesky of the precision)."""
-    precision = np.linalg.inv(covariance)
-    precision = (precision + precision.T) / 2
-    return np.linalg.cholesky(precision)
-
-
 @dataclass(frozen=True)
 class OodVerdict:
-    score: float  # squared Mahalanobis distance to the nearest class mean
+    score: float  # squared Mahalanobis distance of the features to the (nearest) training mean
     threshold: float
     out: bool
     check: str = "features"  # which check said out: features, flat_image, noise, smooth or colour
@@ -82,28 +77,45 @@ class OodVerdict:
 
 
 class OodGuard:
-    """The bundle's reference, ready to score one image's features."""
+    """The bundle's reference, ready to score one image's features.
 
-    def __init__(self, means: np.ndarray, whitening: np.ndarray, threshold: float, colour_range=(0.0, 2.0),
-                 noise_limit: float = float("inf"), smooth_limit: float = 0.0):
+    distance(f) = min over means m of  sum_j weights_j ((f - m) . basis_j)^2 + isotropic ||f - m||^2:
+    a probabilistic-PCA precision (basis = top principal directions, weights = 1/variance - 1/noise
+    variance, isotropic = 1/noise variance) in one (D, k) product per input; a bundle made with a
+    full covariance (method mahalanobis-penultimate) is the case basis = whitening, weights = 1,
+    isotropic = 0."""
+
+    def __init__(self, means: np.ndarray, basis: np.ndarray, threshold: float, colour_range=(0.0, 2.0),
+                 noise_limit: float = float("inf"), smooth_limit: float = 0.0, weights: np.ndarray | None = None,
+                 isotropic: float = 0.0):
         self.means = np.asarray(means, dtype=np.float32)
-        self.whitening = np.asarray(whitening, dtype=np.float32)
+        self.basis = np.asarray(basis, dtype=np.float32)
+        self.weights = (np.ones(self.basis.shape[1], dtype=np.float32) if weights is None
+                        else np.asarray(weights, dtype=np.float32))
+        self.isotropic = float(isotropic)
         self.threshold = float(threshold)
         self.colour_range = (float(colour_range[0]), float(colour_range[1]))
         self.noise_limit = float(noise_limit)
         self.smooth_limit = float(smooth_limit)
-        # ||(f - m) W||^2 = ||f W - m W||^2: whiten the means once, each input costs one (D, D) product.
-        self._white_means = self.means @ self.whitening
+        # (f - m) B = f B - m B: project the means once, each input costs one (D, k) product.
+        self._projected_means = self.means @ self.basis
+        self._mean_norms = (self.means.astype(np.float64) ** 2).sum(axis=1)
 
     @property
     def feature_dim(self) -> int:
         return int(self.means.shape[1])
 
     def distances(self, features: np.ndarray) -> np.ndarray:
-        """(N, D) features -> (N,) squared Mahalanobis distance to the nearest class mean."""
-        white = np.asarray(features, dtype=np.float32).reshape(len(features), -1) @ self.whitening
-        squared = ((white[:, None, :] - self._white_means[None]) ** 2).sum(axis=2)
-        return squared.min(axis=1).astype(np.float64)
+        """(N, D) features -> (N,) squared distance to the nearest training mean."""
+        features = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+        projected = (features @ self.basis)[:, None, :] - self._projected_means[None]
+        squared = (projected.astype(np.float64) ** 2 @ self.weights.astype(np.float64))
+        if self.isotropic:
+            # ||f - m||^2 = ||f||^2 - 2 f.m + ||m||^2, without an (N, K, D) array.
+            f64 = features.astype(np.float64)
+            norms = (f64 ** 2).sum(axis=1)[:, None] - 2 * f64 @ self.means.T.astype(np.float64) + self._mean_norms
+            squared = squared + self.isotropic * np.maximum(norms, 0.0)
+        return squared.min(axis=1)
 
     def judge(self, features: np.ndarray, pixels: np.ndarray | None = None,
               model_input: np.ndarray | None = None) -> OodVerdict:
@@ -135,13 +147,18 @@ class OodGuard:
         path = bundle.path / section.get("file", OOD_FILE)
         try:
             with np.load(path, allow_pickle=False) as arrays:
-                means, whitening = arrays["means"], arrays["whitening"]
-        except (OSError, KeyError, ValueError) as error:
+                means = arrays["means"]
+                if "basis" in arrays:
+                    basis, weights, isotropic = arrays["basis"], arrays["weights"], float(arrays["isotropic"])
+                else:  # a full-covariance reference (bundles made before the low-rank one)
+                    basis, weights, isotropic = arrays["whitening"], None, 0.0
+        except (OSError, KeyError, ValueError, TypeError) as error:
             raise BundleError(f"{path}: unreadable OOD reference ({error})") from None
-        if means.ndim != 2 or whitening.shape != (means.shape[1], means.shape[1]):
-            raise BundleError(f"{path}: OOD reference arrays have inconsistent shapes {means.shape}, {whitening.shape}")
-        return cls(means, whitening, section["threshold"], section.get("colour_range", (0.0, 2.0)),
-                   section.get("noise_limit", float("inf")), section.get("smooth_limit", 0.0))
+        if (means.ndim != 2 or basis.ndim != 2 or basis.shape[0] != means.shape[1]
+                or (weights is not None and weights.shape != (basis.shape[1],))):
+            raise BundleError(f"{path}: OOD reference arrays have inconsistent shapes {means.shape}, {basis.shape}")
+        return cls(means, basis, section["threshold"], section.get("colour_range", (0.0, 2.0)),
+                   section.get("noise_limit", float("inf")), section.get("smooth_limit", 0.0), weights, isotropic)
 
 
 def check_mode(mode: str) -> str:

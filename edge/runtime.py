@@ -123,7 +123,7 @@ class Predictor:
 
     input: TensorInfo
     output: TensorInfo
-    # The penultimate features, a second output of files made for the OOD guard (edge/ood.py); None otherwise.
+    # The features, a second output of files made for the OOD guard (edge/ood.py); None otherwise.
     features: TensorInfo | None = None
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -138,7 +138,7 @@ class Predictor:
         return calibrated_probabilities(output, self.activation, self.temperature)
 
     def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(probabilities as `predict` gives them, penultimate features (N, D) or None when the
+        """(probabilities as `predict` gives them, the OOD features (N, D) or None when the
         file has no features output): one model call for both."""
         batch = np.asarray(batch, dtype=np.float32)
         if self.features is None or batch.ndim != 4 or len(batch) == 0 or tuple(batch.shape[1:]) != tuple(
@@ -253,7 +253,7 @@ class OnnxPredictor(Predictor):
         model_input = self._session.get_inputs()[0]
         model_output = self._session.get_outputs()[0]
         outputs = self._session.get_outputs()
-        if len(outputs) > 1:  # the penultimate features, for the OOD guard (edge/ood.py)
+        if len(outputs) > 1:  # the features, for the OOD guard (edge/ood.py)
             self.features = TensorInfo(shape=_onnx_shape(outputs[1].shape), dtype=_onnx_dtype(outputs[1].type),
                                        name=outputs[1].name)
         self._input_name = model_input.name

@@ -71,14 +71,6 @@ def test_the_daemon_refuses_out_of_distribution_images_and_classifies_the_chest_
         assert daemon.stop() == 0
     finally:
         consumer.close()
-    # The committed bundle's model is trained for seconds (tests/assets/make_bundles.py): its gate lets a third
-    # of the CT set through (BENCHMARKS.md has trained models), so for the CT slice the daemon must agree with
-    # the guard's own rule; every other input here is clear-cut.
-    for name in ("ct",):
-        result = outcomes.pop(name)
-        jsonschema.validate(result, RESULT_SCHEMA)
-        refused = result["ood"]["score"] > result["ood"]["threshold"]
-        assert result["status"] == ("not_applicable" if refused else "classified"), (name, result)
     for name, result in outcomes.items():
         jsonschema.validate(result, RESULT_SCHEMA)
         assert result["ood"]["threshold"] > 0
