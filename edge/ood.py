@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from .errors import BundleError
@@ -48,11 +49,24 @@ def high_frequency_ratio(model_input: np.ndarray) -> float:
     """Mean absolute difference of neighbouring model-input pixels over their spread: ~0.5 for
     a radiograph or photograph at any size (the device resizes it first), above 2 for noise,
     whose pixels stay independent however much it is averaged down."""
-    x = np.asarray(model_input, dtype=np.float32).reshape(model_input.shape[0], model_input.shape[1], -1)
-    spread = float(x.std())
+    height, width = model_input.shape[0], model_input.shape[1]
+    if height < 2 or width < 2:
+        return 0.0
+    channels = model_input.size // (height * width)
+    # OpenCV on a 2-D (H, W*C) view: the same figures as numpy's std/diff/mean at a fifth of the cost.
+    flat = np.ascontiguousarray(model_input, dtype=np.float32).reshape(height, width * channels)
+    spread = _spread(flat)
     if spread == 0.0:
         return 0.0
-    return float((np.abs(np.diff(x, axis=1)).mean() + np.abs(np.diff(x, axis=0)).mean()) / spread)
+    across = cv2.mean(cv2.absdiff(flat[:, channels:], flat[:, :-channels]))[0]
+    down = cv2.mean(cv2.absdiff(flat[1:], flat[:-1]))[0]
+    return float((across + down) / spread)
+
+
+def _spread(image: np.ndarray) -> float:
+    """The standard deviation of every value of `image` (all channels together)."""
+    flat = np.ascontiguousarray(image).reshape(image.shape[0], -1)
+    return float(cv2.meanStdDev(flat)[1][0, 0])
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,8 @@ class OodGuard:
         # (f - m) B = f B - m B: project the means once, each input costs one (D, k) product.
         self._projected_means = self.means @ self.basis
         self._mean_norms = (self.means.astype(np.float64) ** 2).sum(axis=1)
+        self._weights64 = self.weights.astype(np.float64)
+        self._basis64 = self.basis.astype(np.float64)
 
     @property
     def feature_dim(self) -> int:
@@ -108,8 +124,12 @@ class OodGuard:
     def distances(self, features: np.ndarray) -> np.ndarray:
         """(N, D) features -> (N,) squared distance to the nearest training mean."""
         features = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+        if len(self.means) == 1:  # the low-rank reference: one mean, centre first (one subtraction)
+            centred = (features - self.means).astype(np.float64)
+            projected = centred @ self._basis64
+            return (projected ** 2) @ self._weights64 + self.isotropic * np.einsum("nd,nd->n", centred, centred)
         projected = (features @ self.basis)[:, None, :] - self._projected_means[None]
-        squared = (projected.astype(np.float64) ** 2 @ self.weights.astype(np.float64))
+        squared = (projected.astype(np.float64) ** 2 @ self._weights64)
         if self.isotropic:
             # ||f - m||^2 = ||f||^2 - 2 f.m + ||m||^2, without an (N, K, D) array.
             f64 = features.astype(np.float64)
@@ -122,7 +142,7 @@ class OodGuard:
         score = float(self.distances(np.asarray(features)[None])[0])
         if pixels is not None:
             step = max(1, max(pixels.shape[:2]) // _COLOUR_SAMPLE)  # a strided sample: cost bounded on any size
-            if float(np.std(pixels[::step, ::step])) < FLAT_STD:
+            if _spread(pixels[::step, ::step]) < FLAT_STD:
                 return OodVerdict(score, self.threshold, True, "flat_image")
         if model_input is not None:
             ratio = high_frequency_ratio(model_input)
