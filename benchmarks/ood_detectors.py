@@ -1,10 +1,12 @@
-"""Which OOD detector? The measurement behind convert/ood_reference.py's choice.
+"""Which OOD detector family? The first measurement behind convert/ood_reference.py's choice
+(feature distances over the energy score and image statistics); benchmarks/ood_features.py then
+chose which features and which covariance.
 
 On one training run's float Keras model (so the detectors are compared, not the quantization),
 scores the run's test split against the OOD sets of convert/ood_sets.py with:
 
 - maha_feat: Mahalanobis distance of the penultimate features (input of the last Dense layer)
-  to the nearest class mean, shared covariance, fitted on the training split (the chosen one),
+  to the nearest class mean, shared covariance, fitted on the training split (the first guard),
 - energy: -logsumexp of the logits (Liu et al. 2020),
 - pix_maha / pix_resid: Mahalanobis in a 32-component PCA of the model input, and the PCA residual,
 - image statistics: flat (-log std), saturation (share of pixels at 0/1), hf (neighbouring-pixel

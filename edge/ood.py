@@ -41,8 +41,8 @@ def colourfulness(pixels: np.ndarray) -> float:
     if pixels.ndim != 3 or pixels.shape[2] < 3:
         return 0.0
     step = max(1, max(pixels.shape[:2]) // _COLOUR_SAMPLE)
-    sample = pixels[::step, ::step, :3].astype(np.int16)
-    return float((np.abs(sample[..., 0] - sample[..., 1]) + np.abs(sample[..., 1] - sample[..., 2])).mean() / 255.0)
+    red, green, blue = cv2.split(np.ascontiguousarray(pixels[::step, ::step, :3], dtype=np.uint8))
+    return float((cv2.mean(cv2.absdiff(red, green))[0] + cv2.mean(cv2.absdiff(green, blue))[0]) / 255.0)
 
 
 def high_frequency_ratio(model_input: np.ndarray) -> float:
@@ -115,7 +115,6 @@ class OodGuard:
         self._projected_means = self.means @ self.basis
         self._mean_norms = (self.means.astype(np.float64) ** 2).sum(axis=1)
         self._weights64 = self.weights.astype(np.float64)
-        self._basis64 = self.basis.astype(np.float64)
 
     @property
     def feature_dim(self) -> int:
@@ -125,8 +124,9 @@ class OodGuard:
         """(N, D) features -> (N,) squared distance to the nearest training mean."""
         features = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
         if len(self.means) == 1:  # the low-rank reference: one mean, centre first (one subtraction)
-            centred = (features - self.means).astype(np.float64)
-            projected = centred @ self._basis64
+            centred = features - self.means
+            projected = (centred @ self.basis).astype(np.float64)  # float32 product, float64 sums
+            centred = centred.astype(np.float64)
             return (projected ** 2) @ self._weights64 + self.isotropic * np.einsum("nd,nd->n", centred, centred)
         projected = (features @ self.basis)[:, None, :] - self._projected_means[None]
         squared = (projected.astype(np.float64) ** 2 @ self._weights64)
