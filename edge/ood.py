@@ -6,10 +6,11 @@ covariance (probabilistic PCA) of the model's features, which the model file giv
 output: the last convolutional feature map, pooled to a small grid, so the guard sees where
 things are as well as what (a rotated, cropped or other-modality image keeps a radiograph's
 textures but not its layout). The score is the squared Mahalanobis distance under that
-covariance; above the bundle's threshold the image is out of distribution. Exact image checks come first: a flat image (nothing to judge),
-noise or an over-smooth image (neighbouring model-input pixels differing by more, or less, than
-the training images ever do: a disconnected sensor, a test pattern or gradient), and colour where the model was trained on grey images
-or grey where it was trained on colour.
+covariance; above the bundle's threshold the image is out of distribution. Exact image checks
+come first: a flat image (nothing to judge), noise or an over-smooth image (neighbouring
+model-input pixels differing by more, or less, than the training images ever do: a
+disconnected sensor, a test pattern or gradient), and colour where the model was trained on
+grey images or grey where it was trained on colour.
 
 `mode`: "refuse" (default: not_applicable, reason out_of_distribution, never a class),
 "warn" (classified, with a warning and the score) or "off" (not computed).
@@ -93,11 +94,11 @@ class OodVerdict:
 class OodGuard:
     """The bundle's reference, ready to score one image's features.
 
-    distance(f) = min over means m of  sum_j weights_j ((f - m) . basis_j)^2 + isotropic ||f - m||^2:
-    a probabilistic-PCA precision (basis = top principal directions, weights = 1/variance - 1/noise
-    variance, isotropic = 1/noise variance) in one (D, k) product per input; a bundle made with a
-    full covariance (method mahalanobis-penultimate) is the case basis = whitening, weights = 1,
-    isotropic = 0."""
+    distance(f) = sum_j weights_j ((f - mean) . basis_j)^2 + isotropic ||f - mean||^2: a
+    probabilistic-PCA precision (basis = top principal directions, weights = 1/variance - 1/noise
+    variance, isotropic = 1/noise variance) in one (D, k) product per input. A bundle made with
+    class means and a full covariance (method mahalanobis-penultimate) is the case basis =
+    whitening, weights = 1, isotropic = 0, with the nearest class mean."""
 
     def __init__(self, means: np.ndarray, basis: np.ndarray, threshold: float, colour_range=(0.0, 2.0),
                  noise_limit: float = float("inf"), smooth_limit: float = 0.0, weights: np.ndarray | None = None,
@@ -107,13 +108,14 @@ class OodGuard:
         self.weights = (np.ones(self.basis.shape[1], dtype=np.float32) if weights is None
                         else np.asarray(weights, dtype=np.float32))
         self.isotropic = float(isotropic)
+        if self.isotropic and len(self.means) > 1:
+            raise ValueError("an isotropic term goes with one mean (the low-rank reference)")
         self.threshold = float(threshold)
         self.colour_range = (float(colour_range[0]), float(colour_range[1]))
         self.noise_limit = float(noise_limit)
         self.smooth_limit = float(smooth_limit)
-        # (f - m) B = f B - m B: project the means once, each input costs one (D, k) product.
+        # (f - m) B = f B - m B: project the class means once, each input costs one (D, k) product.
         self._projected_means = self.means @ self.basis
-        self._mean_norms = (self.means.astype(np.float64) ** 2).sum(axis=1)
         self._weights64 = self.weights.astype(np.float64)
 
     @property
@@ -123,19 +125,13 @@ class OodGuard:
     def distances(self, features: np.ndarray) -> np.ndarray:
         """(N, D) features -> (N,) squared distance to the nearest training mean."""
         features = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
-        if len(self.means) == 1:  # the low-rank reference: one mean, centre first (one subtraction)
+        if len(self.means) == 1:  # the low-rank reference: one mean
             centred = features - self.means
             projected = (centred @ self.basis).astype(np.float64)  # float32 product, float64 sums
             centred = centred.astype(np.float64)
             return (projected ** 2) @ self._weights64 + self.isotropic * np.einsum("nd,nd->n", centred, centred)
-        projected = (features @ self.basis)[:, None, :] - self._projected_means[None]
-        squared = (projected.astype(np.float64) ** 2 @ self._weights64)
-        if self.isotropic:
-            # ||f - m||^2 = ||f||^2 - 2 f.m + ||m||^2, without an (N, K, D) array.
-            f64 = features.astype(np.float64)
-            norms = (f64 ** 2).sum(axis=1)[:, None] - 2 * f64 @ self.means.T.astype(np.float64) + self._mean_norms
-            squared = squared + self.isotropic * np.maximum(norms, 0.0)
-        return squared.min(axis=1)
+        projected = (features @ self.basis)[:, None, :] - self._projected_means[None]  # class means, no isotropic
+        return (projected.astype(np.float64) ** 2 @ self._weights64).min(axis=1)
 
     def judge(self, features: np.ndarray, pixels: np.ndarray | None = None,
               model_input: np.ndarray | None = None) -> OodVerdict:
