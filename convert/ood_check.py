@@ -83,8 +83,10 @@ def device_features(predictor, x: np.ndarray) -> np.ndarray:
 
 
 def run_ood_check(run, dataset, model, staging: Path, records: list[dict], limits: OodLimits,
-                  other_datasets: tuple = (), full_size: list[Path] = ()) -> tuple[dict | None, dict, list[str]]:
-    """(manifest `ood` section or None, report, failures). Writes ood.npz into `staging`."""
+                  other_datasets: tuple = (), full_size: list[Path] = (),
+                  own_modalities: tuple[str, ...] = ()) -> tuple[dict | None, dict, list[str]]:
+    """(manifest `ood` section or None, report, failures). Writes ood.npz into `staging`.
+    `own_modalities`: the bundle's declared DICOM modalities, whose OOD set is left out."""
     from medge.edge.runtime import create_predictor
 
     if limits.mode == "off":
@@ -119,7 +121,9 @@ def run_ood_check(run, dataset, model, staging: Path, records: list[dict], limit
               "threshold": reference.threshold, "validation_acceptance": reference.validation_acceptance,
               "test_acceptance": float(np.mean(in_scores <= reference.threshold)), "n_test": len(in_scores),
               "auroc": {}, "n_images": {}, "acceptance": {}}
-    sets = ood_sets(sample_display, None, colour=spec.channels == 3)
+    sets = ood_sets(sample_display, None, colour=spec.channels == 3, own_modalities=own_modalities)
+    if own_modalities:
+        report["declared_modalities"] = [m.upper() for m in own_modalities]
     for index, other in enumerate(other_datasets):
         from .ood_sets import other_dataset
 
@@ -168,7 +172,9 @@ def _floors(report: dict, limits: OodLimits) -> list[str]:
     for name, value in report["auroc"].items():
         floor = limits.min_auroc_transformed if name in TRANSFORMED else limits.min_auroc
         if value < floor:
-            failures.append(f"ood: AUROC on {name} {value:.4f} < floor {floor}")
+            hint = (f" (a model built for {name.removeprefix('modality_').upper()} images: declare it with --modality)"
+                    if name.startswith("modality_") else "")
+            failures.append(f"ood: AUROC on {name} {value:.4f} < floor {floor}{hint}")
     if report["test_acceptance"] < limits.min_test_acceptance:
         failures.append(f"ood: test-split acceptance {report['test_acceptance']:.2%} < floor "
                         f"{limits.min_test_acceptance:.2%}")

@@ -28,6 +28,8 @@ MODALITY_FILES = {
            "ExplVR_BigEnd.dcm"),
     "nm": ("JPEG2000.dcm", "JPGExtended.dcm"),
 }
+# DICOM Modality codes -> the set holding that modality: a model declared for it is not measured against it.
+SET_OF_MODALITY = {"CT": "ct", "MR": "mr", "US": "us", "NM": "nm", "PT": "nm"}
 CROPS_PER_IMAGE = 12
 MAX_FRAMES_PER_FILE = 6
 SYNTHETIC_COUNT = 60
@@ -140,13 +142,17 @@ def cropped(images: list[np.ndarray], fraction: float = 0.4, seed: int = 0) -> l
 
 
 def ood_sets(in_distribution: list[np.ndarray], other: str | Path | None, colour: bool = False,
-             seed: int = 0) -> dict[str, Callable[[], list[np.ndarray]]]:
+             seed: int = 0, own_modalities: tuple[str, ...] = ()) -> dict[str, Callable[[], list[np.ndarray]]]:
     """Name -> builder of one OOD set (built lazily: the gate may be asked for only some).
 
     `in_distribution`: display pixels of held-out in-distribution images (the transformed sets);
     `other`: another MedMNIST .npz; `colour`: whether the model takes colour input (the
-    synthetic images are then colour too, so they are not refused for being grey alone)."""
-    sets = {f"modality_{name}": (lambda name=name: modality_images(name, seed=seed)) for name in MODALITY_FILES}
+    synthetic images are then colour too, so they are not refused for being grey alone);
+    `own_modalities`: DICOM Modality codes the model is declared for (`medge convert --modality`),
+    whose set is left out (an ultrasound model is not out of distribution on ultrasound)."""
+    own = {SET_OF_MODALITY.get(code.upper()) for code in own_modalities}
+    sets = {f"modality_{name}": (lambda name=name: modality_images(name, seed=seed)) for name in MODALITY_FILES
+            if name not in own}
     if other is not None:
         sets["other_dataset"] = lambda: other_dataset(other, seed=seed)
     sets.update({

@@ -145,7 +145,8 @@ def convert(config: ConvertConfig, log=print) -> ConversionResult:
                 if record.get("heatmap_warning"):
                     log(f"  WARNING {fmt.name}: {record['heatmap_warning']}")
         ood_section, ood_report, ood_failures = run_ood_check(
-            run, run_dataset(), model, staging, records, config.ood, default_other_datasets(run), default_full_size(run))
+            run, run_dataset(), model, staging, records, config.ood, default_other_datasets(run), default_full_size(run),
+            own_modalities=config.modalities)
         failures += ood_failures
         if ood_report.get("auroc"):
             log("  ood: AUROC " + ", ".join(f"{k} {v:.3f}" for k, v in ood_report["auroc"].items())

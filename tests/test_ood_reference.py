@@ -1,6 +1,6 @@
 """The OOD guard's distance (edge/ood.py) is the Mahalanobis distance of the probabilistic-PCA
-covariance convert/ood_reference.py fits, and a bundle with the older full-covariance reference
-(`whitening`) still scores as it did."""
+covariance convert/ood_reference.py fits; a bundle with the older full-covariance reference
+(`whitening`) still scores as it did; the gate leaves out the OOD set of a declared modality."""
 from __future__ import annotations
 
 import numpy as np
@@ -49,3 +49,15 @@ def test_a_full_covariance_reference_scores_as_before():
     probe = features[:50]
     expected = np.min([np.einsum("nd,de,ne->n", probe - m, precision, probe - m) for m in means], axis=0)
     assert np.allclose(guard.distances(probe), expected, rtol=1e-3)
+
+
+def test_a_model_declared_for_a_modality_is_not_measured_against_that_modality():
+    from medge.convert.ood_check import OodLimits, _floors
+    from medge.convert.ood_sets import ood_sets
+
+    assert {"modality_ct", "modality_us"} <= set(ood_sets([], None))
+    declared = ood_sets([], None, own_modalities=("us", "CT"))
+    assert "modality_us" not in declared and "modality_ct" not in declared and "modality_mr" in declared
+    # A miss on another modality's set names the way out for a model that is built for it.
+    [failure] = _floors({"auroc": {"modality_mr": 0.6}, "test_acceptance": 0.99, "rank_agreement": {}}, OodLimits())
+    assert "modality_mr 0.6000 < floor 0.9" in failure and "declare it with --modality" in failure
