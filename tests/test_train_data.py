@@ -145,6 +145,12 @@ def test_dicom_folder_with_labels_csv(dicom_folder):
         assert np.allclose(split.x[position], preprocess(original, dataset.spec), atol=2 / 255)
 
 
+def test_a_dicom_dataset_says_its_modalities_and_the_other_formats_do_not(dicom_folder):
+    # What convert's OOD gate leaves out of its modality sets when no --modality is declared.
+    assert load_dataset(dicom_folder, val_split=0.25, test_split=0.25).modalities() == ("DX",)
+    assert load_dataset(PNEUMONIAMNIST).modalities() == ()
+
+
 def test_real_bundled_dicoms_of_every_kind_load_with_a_split_column(tmp_path):
     from pydicom.data import get_testdata_file
 

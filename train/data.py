@@ -145,6 +145,23 @@ class Dataset:
             "skipped_examples": [f"{f}: {why}" for f, why in self.skipped[:10]],
         }
 
+    def modalities(self, limit: int = 200) -> tuple[str, ...]:
+        """The DICOM Modality codes of (up to `limit` of) a DICOM dataset's files, read from the
+        headers only; () for .npz files and image folders, which do not say."""
+        if self.format != "dicom":
+            return ()
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+
+        codes = set()
+        for source in list(self._display.values())[:limit]:
+            try:
+                header = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=["Modality"])
+            except (OSError, InvalidDicomError, ValueError):
+                continue
+            codes.add(str(header.get("Modality", "") or "").strip().upper())
+        return tuple(sorted(code for code in codes if code))
+
     def display_pixels(self, name: str) -> np.ndarray:
         """The display pixels (before preprocessing) of one sample, for the sample-image plot."""
         source = self._display.get(name)
