@@ -466,13 +466,22 @@ def nan_onnx_bundle(onnx_bundle: Path, target: Path) -> Path:
     model_path = target / manifest["artifacts"][0]["file"]
     model = onnx.load(model_path)
     floats = {i.name: i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
-    for node in reversed(model.graph.node):  # the last node that reads a float constant
+    producers = {output: node for node in model.graph.node for output in node.output}
+    # Walk back from the scores output (not the OOD features, the file's second output) to the
+    # nearest node that reads a float constant.
+    pending, seen = [model.graph.output[0].name], set()
+    while pending:
+        node = producers.get(pending.pop(0))
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
         names = [name for name in node.input if name in floats]
         if names:
             for name in names:
                 values = numpy_helper.to_array(floats[name])
                 floats[name].CopyFrom(numpy_helper.from_array(np.full_like(values, np.nan), name))
             break
+        pending += list(node.input)
     onnx.save(model, model_path)
     manifest["artifacts"][0]["sha256"] = __import__("hashlib").sha256(model_path.read_bytes()).hexdigest()
     for key in ("files", "file_sizes"):

@@ -136,6 +136,9 @@ def test_a_deleted_watch_folder_is_reported_and_recovered_when_it_comes_back(edg
         beats = s.payloads("heartbeat")
         return beats[-1]["sources"]["watch"]["state"] if beats else None
 
+    # This daemon's own heartbeat, not a retained status: the folder must be watched before it goes
+    # (deleted before the daemon starts, the daemon would simply create it).
+    subscriber.wait_for(lambda s: watch_state(s) == "watching", 60, "a heartbeat with the folder watched")
     shutil.rmtree(incoming)  # e.g. an unmounted share, or someone cleaning up
     subscriber.wait_for(lambda s: events_of(s, "source_down"), 30, "the folder loss to be reported")
     [down] = events_of(subscriber, "source_down")
