@@ -86,7 +86,8 @@ def run_ood_check(run, dataset, model, staging: Path, records: list[dict], limit
                   other_datasets: tuple = (), full_size: list[Path] = (),
                   own_modalities: tuple[str, ...] = ()) -> tuple[dict | None, dict, list[str]]:
     """(manifest `ood` section or None, report, failures). Writes ood.npz into `staging`.
-    `own_modalities`: the bundle's declared DICOM modalities, whose OOD set is left out."""
+    `own_modalities`: the model's own DICOM modalities (declared, or read from its DICOM training
+    files), whose OOD set is left out."""
     from medge.edge.runtime import create_predictor
 
     if limits.mode == "off":
@@ -123,7 +124,7 @@ def run_ood_check(run, dataset, model, staging: Path, records: list[dict], limit
               "auroc": {}, "n_images": {}, "acceptance": {}}
     sets = ood_sets(sample_display, None, colour=spec.channels == 3, own_modalities=own_modalities)
     if own_modalities:
-        report["declared_modalities"] = [m.upper() for m in own_modalities]
+        report["own_modalities"] = [m.upper() for m in own_modalities]
     for index, other in enumerate(other_datasets):
         from .ood_sets import other_dataset
 

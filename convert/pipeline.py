@@ -145,7 +145,7 @@ def convert(config: ConvertConfig, log=print) -> ConversionResult:
                 if record.get("heatmap_warning"):
                     log(f"  WARNING {fmt.name}: {record['heatmap_warning']}")
         # The model's own modalities are no OOD set: declared, or else read from DICOM training files.
-        own_modalities = tuple(config.modalities) or run_dataset().modalities()
+        own_modalities = tuple(config.modalities) or (run_dataset().modalities() if config.ood.mode != "off" else ())
         ood_section, ood_report, ood_failures = run_ood_check(
             run, run_dataset(), model, staging, records, config.ood, default_other_datasets(run), default_full_size(run),
             own_modalities=own_modalities)
