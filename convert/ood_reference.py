@@ -1,16 +1,17 @@
 """The out-of-distribution reference a bundle carries (see edge/ood.py for the device side).
 
-Chosen by measurement (BENCHMARKS.md, "Out-of-distribution guard"; benchmarks/ood_detectors.py
-and the spatial-feature sweep there): the features are the last convolutional feature map
-(the input of the head's global pooling or flatten), average-pooled to at most a GRID x GRID
-grid, and the distance is Mahalanobis under a probabilistic-PCA covariance (COMPONENTS
-principal directions plus one noise variance, fitted on the training split). On the default
-PneumoniaMNIST CNN this took the mean AUROC on the validation-built sets from 0.896 (Mahalanobis
-on the penultimate vector: pooled features lose the layout, so a rotated chest or a CT slice
-with chest-like texture passed) to 0.966, and on RetinaMNIST from 0.875 to 0.951. A model whose head
-does not start from a feature map (a keras.applications backbone, pooled inside) falls back to
-the penultimate vector with the same low-rank fit. Image statistics add exact checks (flat,
-noise, over-smooth, colour for a grey model or the reverse).
+Chosen by measurement (BENCHMARKS.md, "Out-of-distribution guard"; the detector family in
+benchmarks/ood_detectors.py, the features and covariance in benchmarks/ood_features.py): the
+features are the last convolutional feature map (the input of the head's global pooling or
+flatten), average-pooled to at most a GRID x GRID grid, and the distance is Mahalanobis under a
+probabilistic-PCA covariance (COMPONENTS principal directions plus one noise variance, fitted on
+the training split). On the default PneumoniaMNIST CNN this took the mean AUROC on the
+validation-built sets from 0.896 (Mahalanobis on the penultimate vector: pooled features lose
+the layout, so a rotated chest or a CT slice with chest-like texture passed) to 0.966, and on
+RetinaMNIST from 0.875 to 0.951. A model whose head does not start from a feature map (a
+keras.applications backbone, pooled inside) falls back to the penultimate vector with the same
+low-rank fit. Image statistics add exact checks (flat, noise, over-smooth, colour for a grey
+model or the reverse).
 
 Here: `with_features` gives the exported model its features as a second output (the int8
 model computes the map anyway: the cost on the device is one (D, k) product); `fit_reference`
